@@ -1,0 +1,115 @@
+"""The question-answering pipeline, top to bottom: retrieve → rerank → generate (cite or refuse)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+from ragbot.embedder import Embedder, SentenceTransformerEmbedder
+from ragbot.errors import IndexMismatchError
+from ragbot.generation import ChatModel, Generator, HFChatModel
+from ragbot.rerank import Reranker, make_reranker
+from ragbot.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
+from ragbot.settings import Settings
+from ragbot.store import IndexStore
+from ragbot.types import Answer, Retrieval, ScoredChunk
+
+
+class RagPipeline:
+    """``RagPipeline.from_settings(settings).ask("问题")`` → :class:`Answer`.
+
+    ``retrieve_only`` is False when the variant uses no retrieval at all (the ``llm-only`` baseline).
+    """
+
+    def __init__(self, settings: Settings, store: IndexStore | None, embedder: Embedder | None,
+                 chat_model: ChatModel | None, reranker: Reranker | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.chat_model = chat_model
+        self.reranker = reranker
+        self.retriever = None
+        if store is not None and embedder is not None:
+            self.retriever = HybridRetriever(
+                DenseRetriever(store, embedder), BM25Retriever(store) if settings.use_bm25 else None,
+                dense_k=settings.dense_k, bm25_k=settings.bm25_k, rrf_k=settings.rrf_k,
+            )
+        self.generator = None
+        if chat_model is not None:
+            self.generator = Generator(chat_model, style=settings.prompt, max_new_tokens=settings.max_new_tokens,
+                                       temperature=settings.temperature, max_passage_chars=settings.max_passage_chars)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, with_llm: bool = True, retrieval: bool = True,
+                      chat_model: ChatModel | None = None, embedder: Embedder | None = None) -> RagPipeline:
+        """Open the index (checking it matches the settings) and set up the stages; models load on first use."""
+        store = None
+        if retrieval:
+            from ingest.chunking import Chunker
+
+            store = IndexStore.load(settings.index_path)
+            spec = store.manifest.spec
+            chunking = Chunker(settings.chunk_size, settings.chunk_overlap, settings.chunker).spec
+            if spec.embedder != settings.embedder or spec.chunking != chunking:
+                diffs = [d for d in (
+                    f"embedder {spec.embedder!r} (index) vs {settings.embedder!r} (settings)" if spec.embedder != settings.embedder else "",
+                    f"chunking {spec.chunking} (index) vs {chunking} (settings)" if spec.chunking != chunking else "") if d]
+                raise IndexMismatchError(
+                    f"index at {settings.index_path} was built with other settings: {'; '.join(diffs)}. "
+                    f"Re-ingest: ragbot ingest PATH... --index {settings.index_path} --rebuild"
+                )
+            embedder = embedder or SentenceTransformerEmbedder.from_settings(settings)
+        if with_llm and chat_model is None:
+            chat_model = HFChatModel.from_settings(settings)
+        return cls(settings, store, embedder, chat_model, make_reranker(settings) if retrieval else None)
+
+    def warm_up(self) -> None:
+        for stage in (self.embedder, self.chat_model, self.reranker):
+            if stage is not None and hasattr(stage, "warm_up"):
+                stage.warm_up()
+        if self.embedder is not None and self.store is not None and self.embedder.dim != self.store.manifest.spec.dim:
+            raise IndexMismatchError(
+                f"the embedder makes {self.embedder.dim}-d vectors but the index at {self.settings.index_path} holds "
+                f"{self.store.manifest.spec.dim}-d ones; re-ingest with --rebuild"
+            )
+
+    def retrieve(self, question: str, top_k: int | None = None) -> Retrieval:
+        """Candidates from every stage; ``.final`` holds the top-k passages for the prompt."""
+        top_k = top_k or self.settings.top_k
+        if self.retriever is None:
+            return Retrieval(question)
+        t = time.perf_counter()
+        n_candidates = max(top_k, self.settings.rerank_candidates) if self.reranker else top_k
+        result = self.retriever.run(question, n_candidates)
+        timings = dict(result.timings_ms)
+        reranked: tuple[ScoredChunk, ...] = ()
+        if self.reranker is not None:
+            t_rr = time.perf_counter()
+            reranked = tuple(self.reranker.run(question, result.fused, top_k))
+            timings["rerank_ms"] = (time.perf_counter() - t_rr) * 1000
+        timings["retrieval_ms"] = (time.perf_counter() - t) * 1000
+        return replace(result, reranked=reranked, timings_ms=timings)
+
+    def ask_stream(self, question: str, top_k: int | None = None) -> Iterator[str | Answer]:
+        """Yield the answer's text as it is generated, then the final :class:`Answer`."""
+        if self.generator is None:
+            raise RuntimeError("this pipeline was opened without an LLM (with_llm=False)")
+        top_k = top_k or self.settings.top_k
+        retrieval = self.retrieve(question, top_k)
+        passages = retrieval.final[:top_k]
+        for item in self.generator.stream(question, passages):
+            if isinstance(item, Answer):
+                timings = {**retrieval.timings_ms, **item.timings_ms}
+                timings["total_ms"] = timings.get("retrieval_ms", 0.0) + timings.get("generate_ms", 0.0)
+                yield replace(item, retrieval=retrieval, timings_ms=timings)
+            else:
+                yield item
+
+    def ask(self, question: str, top_k: int | None = None) -> Answer:
+        answer = None
+        for item in self.ask_stream(question, top_k):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None
+        return answer

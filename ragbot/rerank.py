@@ -1,0 +1,62 @@
+"""Rerankers: reorder the fused candidates with a model that reads the question and passage together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ragbot.settings import Settings
+from ragbot.types import ScoredChunk
+
+
+class Reranker(Protocol):
+    name: str
+
+    def run(self, query: str, hits: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
+
+
+class CrossEncoderReranker:
+    """A sentence-transformers ``CrossEncoder`` (hub id or local folder), e.g. ``BAAI/bge-reranker-base``.
+
+    >>> rr = CrossEncoderReranker("BAAI/bge-reranker-base", models_dir)  # doctest: +SKIP
+    >>> rr.run("什么是 LoRA？", hits, top_k=5)  # doctest: +SKIP
+    """
+
+    def __init__(self, spec: str, models_dir, *, device: str = "auto", allow_downloads: bool = False,
+                 batch_size: int = 16) -> None:
+        self.name = f"cross-encoder:{spec}"
+        self.spec, self.models_dir, self.device = spec, models_dir, device
+        self.allow_downloads, self.batch_size = allow_downloads, batch_size
+        self._model = None
+
+    def warm_up(self) -> None:
+        if self._model is None:
+            from sentence_transformers import CrossEncoder
+
+            from ragbot.bundle import resolve_model
+            from ragbot.embedder import resolve_device
+
+            path = resolve_model(self.spec, self.models_dir, allow_downloads=self.allow_downloads)
+            self._model = CrossEncoder(path, device=resolve_device(self.device))
+
+    def run(self, query: str, hits: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]:
+        if not hits:
+            return []
+        self.warm_up()
+        scores = self._model.predict([(query, h.chunk.embedding_text()) for h in hits], batch_size=self.batch_size,
+                                     show_progress_bar=False)
+        ranked = sorted(zip(hits, scores), key=lambda x: -float(x[1]))
+        return [ScoredChunk(h.chunk, float(s), "rerank") for h, s in ranked[:top_k]]
+
+
+def make_reranker(settings: Settings) -> Reranker | None:
+    """The reranker a setting names, or None for ``none`` (fusion order is kept)."""
+    from ragbot.errors import ConfigError
+
+    spec = settings.reranker
+    if spec in ("", "none"):
+        return None
+    if spec.startswith("cross-encoder:"):
+        return CrossEncoderReranker(spec.split(":", 1)[1], settings.models_dir, device=settings.device,
+                                    allow_downloads=settings.allow_downloads)
+    raise ConfigError(f"reranker {spec!r} is not known; use 'none' or 'cross-encoder:<hub id or local path>'")

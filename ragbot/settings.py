@@ -1,0 +1,156 @@
+"""One settings object for everything ragbot does.
+
+Values come, in increasing priority, from the defaults below, a TOML file (``ragbot.toml`` in
+the working directory, or the file named by ``RAGBOT_CONFIG``), ``RAGBOT_*`` environment
+variables (``RAGBOT_TOP_K=8``) and explicit overrides (CLI flags). The object is frozen and
+passed explicitly; nothing reads the environment behind its back.
+
+Every model is a setting that takes ``bundle:<name>`` (the offline bundle, the default), a
+local folder, or a hub id (used only when ``allow_downloads`` is true or already cached).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragbot.errors import ConfigError
+
+BUNDLED_EMBEDDER = "bundle:multilingual-e5-small"
+BUNDLED_LLM = "bundle:qwen2.5-coder-0.5b-instruct"
+REFUSAL = "资料中没有相关信息"
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("RAGBOT_HOME", "~/.ragbot")).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where things live
+    home: Path = field(default_factory=_default_home)
+    index_dir: Path | None = None  # default: <home>/index
+
+    # models
+    embedder: str = BUNDLED_EMBEDDER
+    llm: str = BUNDLED_LLM
+    adapter: str = ""  # a LoRA adapter folder applied on top of ``llm``; empty for none
+    reranker: str = "none"  # "none", "bundle:<name>", "cross-encoder:<hub id or path>", "llm-judge"
+    allow_downloads: bool = False
+    device: str = "auto"  # auto, cpu, cuda
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    # chunking (recorded in the index manifest)
+    chunk_size: int = 400
+    chunk_overlap: int = 80
+    chunker: str = "markdown"  # "markdown" (headers, then sentences) or "fixed" (plain character windows)
+
+    # ingestion
+    embed_batch_size: int = 16
+
+    # retrieval
+    dense_k: int = 30
+    bm25_k: int = 30
+    use_bm25: bool = True
+    rrf_k: int = 60
+    rerank_candidates: int = 20
+    top_k: int = 5
+
+    # generation
+    prompt: str = "grounded"  # "grounded" (cite or refuse) or "plain" (textbook RAG prompt)
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    max_passage_chars: int = 600
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser())
+        if self.index_dir is not None:
+            object.__setattr__(self, "index_dir", Path(self.index_dir).expanduser())
+        for name in ("chunk_size", "dense_k", "bm25_k", "rrf_k", "top_k", "max_new_tokens", "embed_batch_size",
+                     "rerank_candidates", "max_passage_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
+        if not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ConfigError(
+                f"chunk_overlap ({self.chunk_overlap}) must be between 0 and chunk_size ({self.chunk_size}) - 1"
+            )
+        if self.temperature < 0:
+            raise ConfigError(f"temperature ({self.temperature}) must be >= 0 (0 means greedy decoding)")
+        if self.num_threads < 0:
+            raise ConfigError(f"num_threads ({self.num_threads}) must be >= 0 (0 keeps torch's default)")
+        choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} ({getattr(self, name)!r}) must be one of {', '.join(allowed)}")
+
+    @property
+    def index_path(self) -> Path:
+        return self.index_dir if self.index_dir is not None else self.home / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed (validated like the original)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, env: typing.Mapping[str, str] | None = None,
+             **overrides: Any) -> Settings:
+        """Defaults < TOML file < ``RAGBOT_*`` environment variables < ``overrides`` (None values are ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = Path(config_file) if config_file else Path(env.get("RAGBOT_CONFIG", "ragbot.toml"))
+        if config_file or path.exists():
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"config file {path} does not exist; create it or unset RAGBOT_CONFIG") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+            values.update(data.get("ragbot", data))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"RAGBOT_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(hints)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))} in {path}; known: {', '.join(hints)}")
+        if "home" not in values:
+            values["home"] = _default_home() if env is os.environ else Path(env.get("RAGBOT_HOME", "~/.ragbot"))
+        return cls(**values)
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    """Convert an environment string to the field's type, naming the variable when it does not parse."""
+    base = {t for t in typing.get_args(hint) if t is not type(None)} or {hint}
+    try:
+        if bool in base:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if int in base:
+            return int(raw)
+        if float in base:
+            return float(raw)
+        if Path in base:
+            return Path(raw) if raw else None
+    except ValueError:
+        raise ConfigError(f"RAGBOT_{name.upper()}={raw!r} is not a valid {' or '.join(t.__name__ for t in base)}") from None
+    return raw

@@ -1,0 +1,96 @@
+import pytest
+
+from fakes import FakeChatModel
+from ragbot.generation import (CitationStreamFilter, Generator, build_messages, clean_citations, finalize,
+                               is_refusal)
+from ragbot.settings import REFUSAL
+from ragbot.types import Chunk, ScoredChunk
+
+
+def passages(n):
+    return [ScoredChunk(Chunk(f"c{i}", "d", f"第{i}段资料。", "a.md", heading_path=("标题",)), 1.0, "fused")
+            for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("raw, n, text, cited, invalid", [
+    ("LoRA 冻结原权重 [1]。", 3, "LoRA 冻结原权重 [1]。", (1,), 0),
+    ("见 [1,2] 和 【3】。", 3, "见 [1][2] 和 [3]。", (1, 2, 3), 0),
+    ("见［2］与[资料1]。", 2, "见[2]与[1]。", (2, 1), 0),
+    ("编造 [7] 的引用 [2]。", 3, "编造 的引用 [2]。", (2,), 1),
+    ("范围 [1-3]。", 2, "范围 [1][2]。", (1, 2), 1),
+    ("[0] 和 [12, 1]", 2, "和 [1]", (1,), 2),
+    ("无引用的回答。", 2, "无引用的回答。", (), 0),
+    ("数组 a[i] 不是引用", 2, "数组 a[i] 不是引用", (), 0),
+    ("重复 [1][1] 引用", 2, "重复 [1][1] 引用", (1,), 0),
+])
+def test_clean_citations(raw, n, text, cited, invalid):
+    result = clean_citations(raw, n)
+    assert (result.text, result.cited, result.invalid) == (text, cited, invalid)
+
+
+def test_no_passages_means_every_marker_is_invalid():
+    result = clean_citations("答案 [1]。", 0)
+    assert result.text == "答案。" and result.invalid == 1
+
+
+@pytest.mark.parametrize("raw, refused", [
+    (REFUSAL, True),
+    (REFUSAL + "。", True),
+    ("“资料中没有相关信息”", True),
+    ("抱歉，资料中没有相关信息。", True),
+    ("LoRA 是低秩适配 [1]。", False),
+    ("LoRA 是低秩适配 [1]。其他细节资料中没有相关信息。", False),
+])
+def test_is_refusal(raw, refused):
+    assert is_refusal(raw) is refused
+
+
+def test_finalize_refusal_has_exact_text_and_no_citations():
+    answer = finalize("q", REFUSAL + "，但是 [1] 说……", passages(2))
+    assert answer.refused and answer.text == REFUSAL and answer.citations == ()
+
+
+def test_finalize_maps_citations_to_given_passages():
+    ps = passages(3)
+    answer = finalize("q", "事实 A [3]，事实 B [1][9]。", ps)
+    assert [c.n for c in answer.citations] == [3, 1]
+    assert answer.citations[0].chunk is ps[2].chunk
+    assert answer.invalid_markers == 1 and "[9]" not in answer.text
+
+
+def test_empty_answer_becomes_refusal():
+    assert finalize("q", "  [5] ", passages(2)).refused
+
+
+def test_stream_filter_never_shows_invalid_markers_split_across_deltas():
+    f = CitationStreamFilter(2)
+    raw = "答案 [1] 和 [3] 以及 【2】 结束 [未闭合"
+    shown = "".join(f.feed(raw[i:i + 2]) for i in range(0, len(raw), 2)) + f.flush()
+    assert shown == "答案 [1] 和  以及 [2] 结束 [未闭合"
+
+
+def test_grounded_prompt_numbers_passages_with_source():
+    msgs = build_messages("什么是 LoRA？", passages(2))
+    user = msgs[-1]["content"]
+    assert "[1]（a.md · 标题）\n第1段资料。" in user and "[2]" in user and user.endswith("问题：什么是 LoRA？")
+    assert REFUSAL in msgs[0]["content"]
+
+
+def test_plain_prompt_without_passages_is_just_the_question():
+    msgs = build_messages("问题？", [], style="plain")
+    assert msgs[-1] == {"role": "user", "content": "问题？"}
+
+
+def test_generator_streams_clean_text_then_answer():
+    model = FakeChatModel("答案是 X [1]，不是 [5]。")
+    items = list(Generator(model).stream("q", passages(2)))
+    answer = items[-1]
+    text = "".join(items[:-1])
+    assert "[5]" not in text and "[1]" in text
+    assert answer.text == "答案是 X [1]，不是。" and answer.invalid_markers == 1
+    assert answer.timings_ms["generate_ms"] >= answer.timings_ms["first_token_ms"] >= 0
+
+
+def test_generator_refusal():
+    answer = Generator(FakeChatModel(REFUSAL)).run("q", passages(2))
+    assert answer.refused and answer.citations == ()

@@ -1,0 +1,56 @@
+"""The pipeline with fake models: retrieval feeds the prompt, citations map to chunks, refusals are clean."""
+
+import pytest
+
+from fakes import FakeChatModel, FakeEmbedder
+from ingest.chunking import Chunker
+from ingest.pipeline import IngestPipeline
+from ragbot.errors import IndexMismatchError
+from ragbot.pipeline import RagPipeline
+from ragbot.settings import REFUSAL
+
+
+@pytest.fixture
+def indexed(tmp_path, settings):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "lora.md").write_text("# LoRA\n\nLoRA 冻结预训练权重，只训练低秩矩阵 A 和 B，秩 r 常取 8。\n", encoding="utf-8")
+    (docs / "adam.md").write_text("# Adam\n\nAdam 优化器的默认 beta1 为 0.9，beta2 为 0.999。\n", encoding="utf-8")
+    IngestPipeline(FakeEmbedder(), Chunker(settings.chunk_size, settings.chunk_overlap)).run([docs], settings.index_path)
+    return settings
+
+
+def test_answer_cites_the_retrieved_chunk(indexed):
+    model = FakeChatModel("秩 r 常取 8 [1]。")
+    pipe = RagPipeline.from_settings(indexed, chat_model=model, embedder=FakeEmbedder())
+    answer = pipe.ask("LoRA 的秩一般取多少？", top_k=2)
+    assert not answer.refused
+    assert answer.citations[0].chunk.source == "lora.md"
+    assert "[1]（lora.md · LoRA）" in model.messages[0][-1]["content"]
+    assert len(answer.passages) == 2
+    assert "retrieval_ms" in answer.timings_ms and "generate_ms" in answer.timings_ms
+
+
+def test_refusal_passes_through(indexed):
+    pipe = RagPipeline.from_settings(indexed, chat_model=FakeChatModel(REFUSAL), embedder=FakeEmbedder())
+    answer = pipe.ask("RWKV 是什么？")
+    assert answer.refused and answer.text == REFUSAL and answer.citations == ()
+
+
+def test_index_built_with_other_chunking_is_refused(indexed):
+    with pytest.raises(IndexMismatchError, match="chunking.*--rebuild"):
+        RagPipeline.from_settings(indexed.replace(chunk_size=123), chat_model=FakeChatModel(), embedder=FakeEmbedder())
+
+
+def test_index_built_with_other_embedder_is_refused(indexed):
+    with pytest.raises(IndexMismatchError, match="embedder 'fake-embedder' \\(index\\) vs 'other' \\(settings\\)"):
+        RagPipeline.from_settings(indexed.replace(embedder="other"), chat_model=FakeChatModel(),
+                                  embedder=FakeEmbedder())
+
+
+def test_llm_only_pipeline_needs_no_index(settings):
+    model = FakeChatModel("答案。")
+    pipe = RagPipeline.from_settings(settings.replace(prompt="plain"), retrieval=False, chat_model=model)
+    answer = pipe.ask("问题？")
+    assert answer.text == "答案。" and answer.passages == ()
+    assert model.messages[0][-1]["content"] == "问题？"

@@ -1,0 +1,50 @@
+import pytest
+
+from ragbot.errors import ConfigError
+from ragbot.settings import Settings
+
+
+def test_defaults_use_the_offline_bundle(tmp_path):
+    s = Settings.load(env={"RAGBOT_HOME": str(tmp_path)})
+    assert s.embedder.startswith("bundle:") and s.llm.startswith("bundle:")
+    assert not s.allow_downloads
+    assert s.index_path == tmp_path / "index" and s.models_dir == tmp_path / "models"
+
+
+def test_toml_then_env_then_overrides(tmp_path):
+    cfg = tmp_path / "r.toml"
+    cfg.write_text('[ragbot]\ntop_k = 7\nchunk_size = 300\nembedder = "BAAI/bge-small-zh"\n')
+    env = {"RAGBOT_TOP_K": "9", "RAGBOT_USE_BM25": "false", "RAGBOT_HOME": str(tmp_path)}
+    s = Settings.load(cfg, env=env, chunk_size=None, temperature=0.5)
+    assert (s.top_k, s.chunk_size, s.use_bm25, s.temperature) == (9, 300, False, 0.5)
+    assert s.embedder == "BAAI/bge-small-zh"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"chunk_size": 500, "chunk_overlap": 600}, r"chunk_overlap \(600\) must be between 0 and chunk_size \(500\)"),
+    ({"top_k": 0}, r"top_k \(0\) must be at least 1"),
+    ({"temperature": -1.0}, r"temperature \(-1.0\) must be >= 0"),
+    ({"device": "tpu"}, r"device \('tpu'\) must be one of auto, cpu, cuda"),
+])
+def test_bad_values_name_the_value_and_the_fix(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings(home=tmp_path, **kwargs)
+
+
+def test_bad_env_value_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match="RAGBOT_TOP_K='many' is not a valid int"):
+        Settings.load(env={"RAGBOT_TOP_K": "many", "RAGBOT_HOME": str(tmp_path)})
+
+
+def test_unknown_key_in_file(tmp_path):
+    cfg = tmp_path / "r.toml"
+    cfg.write_text("topk = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting.*topk"):
+        Settings.load(cfg, env={})
+
+
+def test_replace_validates():
+    s = Settings(home="/tmp/x")
+    assert s.replace(top_k=3).top_k == 3
+    with pytest.raises(ConfigError, match="unknown setting"):
+        s.replace(nope=1)
