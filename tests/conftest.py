@@ -34,3 +34,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+# ---- real offline models, prepared once and shared by every integration test -------------------------------
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Where the bundled models are built: $RAGBOT_TEST_MODELS, else the repo's data/models (shared with scripts/run.sh)."""
+    import os
+
+    return Path(os.environ.get("RAGBOT_TEST_MODELS", ROOT / "data" / "models"))
+
+
+@pytest.fixture(scope="session")
+def e5_folder(models_dir) -> Path:
+    from ragbot.bundle import prepare_bundled
+
+    return prepare_bundled("multilingual-e5-small", models_dir, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_embedder(models_dir, e5_folder):
+    from ragbot.embedder import SentenceTransformerEmbedder
+    from ragbot.settings import BUNDLED_EMBEDDER
+
+    embedder = SentenceTransformerEmbedder(BUNDLED_EMBEDDER, models_dir, device="cpu")
+    embedder.warm_up()
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def real_chat_model(models_dir):
+    from ragbot.generation import HFChatModel
+    from ragbot.settings import BUNDLED_LLM
+
+    model = HFChatModel(BUNDLED_LLM, models_dir, device="cpu")
+    model.warm_up()
+    return model
