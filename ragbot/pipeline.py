@@ -9,10 +9,11 @@ from dataclasses import replace
 from ragbot.embedder import Embedder, SentenceTransformerEmbedder
 from ragbot.errors import IndexMismatchError
 from ragbot.generation import ChatModel, Generator, HFChatModel
+from ragbot.grounding import KeyTermGate
 from ragbot.rerank import Reranker, make_reranker
 from ragbot.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
-from ragbot.settings import Settings
-from ragbot.store import IndexStore
+from ragbot.settings import REFUSAL, Settings
+from ragbot.store import IndexStore, bm25_tokens
 from ragbot.types import Answer, Retrieval, ScoredChunk
 
 
@@ -38,7 +39,9 @@ class RagPipeline:
         self.generator = None
         if chat_model is not None:
             self.generator = Generator(chat_model, style=settings.prompt, max_new_tokens=settings.max_new_tokens,
-                                       temperature=settings.temperature, max_passage_chars=settings.max_passage_chars)
+                                       temperature=settings.temperature, max_passage_chars=settings.max_passage_chars,
+                                       align_citations=settings.align_citations)
+        self._gate: KeyTermGate | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, with_llm: bool = True, retrieval: bool = True,
@@ -65,9 +68,13 @@ class RagPipeline:
         return cls(settings, store, embedder, chat_model, make_reranker(settings) if retrieval else None)
 
     def warm_up(self) -> None:
+        """Load every model now (otherwise the first question pays for it)."""
         for stage in (self.embedder, self.chat_model, self.reranker):
             if stage is not None and hasattr(stage, "warm_up"):
                 stage.warm_up()
+        if self.store is not None:
+            bm25_tokens("预热")  # jieba loads its dictionary on first use (~1 s)
+            _ = self.store.bm25, self.gate
         if self.embedder is not None and self.store is not None and self.embedder.dim != self.store.manifest.spec.dim:
             raise IndexMismatchError(
                 f"the embedder makes {self.embedder.dim}-d vectors but the index at {self.settings.index_path} holds "
@@ -91,6 +98,13 @@ class RagPipeline:
         timings["retrieval_ms"] = (time.perf_counter() - t) * 1000
         return replace(result, reranked=reranked, timings_ms=timings)
 
+    @property
+    def gate(self) -> KeyTermGate | None:
+        """The key-term refusal gate over the whole knowledge base (built on first use)."""
+        if self._gate is None and self.store is not None and self.settings.refusal_gate:
+            self._gate = KeyTermGate(c.embedding_text() for c in self.store.chunks.values())
+        return self._gate
+
     def ask_stream(self, question: str, top_k: int | None = None) -> Iterator[str | Answer]:
         """Yield the answer's text as it is generated, then the final :class:`Answer`."""
         if self.generator is None:
@@ -98,6 +112,13 @@ class RagPipeline:
         top_k = top_k or self.settings.top_k
         retrieval = self.retrieve(question, top_k)
         passages = retrieval.final[:top_k]
+        decision = self.gate.run(question) if self.gate is not None else None
+        if decision is not None and decision.refuse:
+            yield REFUSAL
+            yield Answer(question, REFUSAL, True, (), tuple(passages), refused_by="gate: " + ", ".join(decision.missing_terms),
+                         retrieval=retrieval, timings_ms={**retrieval.timings_ms, "generate_ms": 0.0,
+                                                          "total_ms": retrieval.timings_ms.get("retrieval_ms", 0.0)})
+            return
         for item in self.generator.stream(question, passages):
             if isinstance(item, Answer):
                 timings = {**retrieval.timings_ms, **item.timings_ms}

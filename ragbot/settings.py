@@ -43,6 +43,7 @@ class Settings:
     reranker: str = "none"  # "none", "bundle:<name>", "cross-encoder:<hub id or path>", "llm-judge"
     allow_downloads: bool = False
     device: str = "auto"  # auto, cpu, cuda
+    llm_precision: str = "auto"  # auto (int8 on CPU, bf16 on GPU), int8, bf16, fp32
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     # chunking (recorded in the index manifest)
@@ -63,6 +64,8 @@ class Settings:
 
     # generation
     prompt: str = "grounded"  # "grounded" (cite or refuse) or "plain" (textbook RAG prompt)
+    refusal_gate: bool = True  # refuse without generating when the question names a term the documents never mention
+    align_citations: bool = True  # cite by lexical alignment when the model's answer cites nothing
     max_new_tokens: int = 256
     temperature: float = 0.0
     max_passage_chars: int = 600
@@ -83,7 +86,8 @@ class Settings:
             raise ConfigError(f"temperature ({self.temperature}) must be >= 0 (0 means greedy decoding)")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads ({self.num_threads}) must be >= 0 (0 keeps torch's default)")
-        choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain")}
+        choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain"),
+                   "llm_precision": ("auto", "int8", "bf16", "fp32")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} ({getattr(self, name)!r}) must be one of {', '.join(allowed)}")

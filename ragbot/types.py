@@ -85,6 +85,7 @@ class Answer:
 
     ``raw_text`` is what the LLM wrote; ``text`` has invalid citation markers removed
     (``invalid_markers`` counts them) and is exactly the refusal phrase when ``refused``.
+    ``passages`` are the numbered passages the LLM was given: citation n is ``passages[n - 1]``.
     """
 
     question: str
@@ -94,5 +95,7 @@ class Answer:
     passages: tuple[ScoredChunk, ...]
     raw_text: str = ""
     invalid_markers: int = 0
+    aligned_citations: int = 0  # citations added by lexical alignment because the model gave none
+    refused_by: str = ""  # "model", or "gate: <missing terms>" when refused before generation
     retrieval: Retrieval | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -94,3 +94,16 @@ def test_generator_streams_clean_text_then_answer():
 def test_generator_refusal():
     answer = Generator(FakeChatModel(REFUSAL)).run("q", passages(2))
     assert answer.refused and answer.citations == ()
+
+
+def test_uncited_answer_gets_aligned_citations():
+    ps = [ScoredChunk(Chunk("c1", "d", "池化层没有可学习参数。", "a.md"), 1.0, "fused")]
+    answer = finalize("q", "池化层没有可学习参数。", ps)
+    assert answer.text == "池化层没有可学习参数 [1]。" and answer.aligned_citations == 1
+    assert [c.n for c in answer.citations] == [1]
+    plain = finalize("q", "池化层没有可学习参数。", ps, align=False)
+    assert plain.citations == () and plain.aligned_citations == 0
+
+
+def test_citation_only_output_is_treated_as_refusal():
+    assert finalize("q", "[1]", passages(2)).refused

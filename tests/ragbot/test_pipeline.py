@@ -54,3 +54,12 @@ def test_llm_only_pipeline_needs_no_index(settings):
     answer = pipe.ask("问题？")
     assert answer.text == "答案。" and answer.passages == ()
     assert model.messages[0][-1]["content"] == "问题？"
+
+
+def test_gate_refuses_unknown_terms_without_calling_the_llm(indexed):
+    model = FakeChatModel("编造的答案 [1]。")
+    pipe = RagPipeline.from_settings(indexed, chat_model=model, embedder=FakeEmbedder())
+    answer = pipe.ask("RWKV 的结构是什么？")
+    assert answer.refused and answer.refused_by == "gate: RWKV" and model.messages == []
+    off = RagPipeline.from_settings(indexed.replace(refusal_gate=False), chat_model=model, embedder=FakeEmbedder())
+    assert not off.ask("RWKV 的结构是什么？").refused
