@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ragbot.errors import RagbotError
+from ragbot.errors import ConfigError, RagbotError
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -97,6 +97,74 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from ingest.pipeline import tqdm_progress
+    from ragbot import variants as V
+    from ragbot.evaluation.report import History, comparison_table, git_commit, settings_hash
+    from ragbot.evaluation.runner import EvalRunner, ensure_variant_indexes, load_qa, summarize, write_outputs
+
+    settings = _settings(args)
+    history = History(settings.home / "eval_history.db")
+    if args.history:
+        print(history.table())
+        return 0
+    if not args.qa:
+        raise ConfigError("give a Q&A file: ragbot eval QA.jsonl [--variant NAME ...] (or --history)")
+    items = load_qa(Path(args.qa), args.limit)
+    chosen = V.resolve(args.variant or ["ragbot"], settings, getattr(args, "config", None))
+    built = ensure_variant_indexes(settings, chosen, progress=tqdm_progress)
+    for path in built:
+        print(f"built variant index {path}")
+    results = EvalRunner(settings, chosen, progress=tqdm_progress).run(items)
+    summaries = {name: summarize(records) for name, records in results.items()}
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.out) if args.out else settings.home / "eval" / run_id
+    meta = {"run_id": run_id, "qa_file": str(args.qa), "questions": len(items), "git_commit": git_commit(),
+            "settings": settings.to_dict(), "variants": {v.name: v.overrides for v in chosen}}
+    written = write_outputs(results, summaries, out_dir, meta)
+    history.record(run_id, meta["git_commit"], settings_hash(meta), str(args.qa), summaries, str(out_dir))
+    print(comparison_table(summaries))
+    errors = sum(s["errors"] for s in summaries.values())
+    print(f"\n{len(items)} questions x {len(chosen)} variants; {errors} errors. Wrote {', '.join(p.name for p in written)} to {out_dir}")
+    return 0
+
+
+DEFAULT_HELD_OUT = ("corpus/qa.jsonl", "../shared/eval/dev_qa.jsonl")
+
+
+def cmd_finetune_data(args: argparse.Namespace) -> int:
+    from ingest.pipeline import tqdm_progress
+    from ragbot.finetune import build_dataset
+
+    settings = _settings(args)
+    held_out = [Path(p) for p in (args.held_out or [p for p in DEFAULT_HELD_OUT if Path(p).exists()])]
+    indexes = [Path(p) for p in args.index] if args.index else [settings.index_path]
+    card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=args.max_llm_chunks,
+                         seed=args.seed, use_llm=not args.no_llm, progress=tqdm_progress)
+    print(f"{card['examples']} examples {card['by_kind']} written to {args.out} (data card: data_card.md); "
+          f"held-out questions checked: {', '.join(map(str, held_out)) or 'none'}")
+    return 0
+
+
+def cmd_finetune_train(args: argparse.Namespace) -> int:
+    from ragbot.bundle import resolve_model
+    from ragbot.finetune.train import LoraTrainer, TrainConfig
+
+    settings = _settings(args)
+    config = TrainConfig(rank=args.rank, alpha=args.alpha, learning_rate=args.lr, epochs=args.epochs,
+                         max_length=args.max_length, grad_accum=args.grad_accum, max_examples=args.max_examples,
+                         seed=args.seed)
+    base = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
+    result = LoraTrainer(base, config, device=settings.device).run(Path(args.data), Path(args.out),
+                                                                    resume=not args.no_resume)
+    print(f"adapter written to {result.out_dir}: {result.train_examples} train / {result.val_examples} val examples, "
+          f"{result.steps} steps in {result.seconds / 60:.1f} min on {result.device}; val loss per epoch {result.val_loss}")
+    print(f"use it: RAGBOT_ADAPTER={result.out_dir} ragbot ask ...   or   ragbot eval QA.jsonl --variant finetuned")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragbot", description="Local, private question answering over your documents.")
     parser.add_argument("--config", help="settings file (TOML); default ./ragbot.toml or $RAGBOT_CONFIG")
@@ -115,6 +183,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="passages given to the LLM (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("eval", help="evaluate variants side by side on a Q&A JSONL file")
+    p.add_argument("qa", nargs="?", help="JSONL with id, question, answer, evidence, source, type")
+    p.add_argument("--index", help="index folder (default: <home>/index)")
+    p.add_argument("--variant", action="append", help="variant to run (repeatable; default: ragbot). "
+                   "Built in: ragbot, naive, no-rerank, llm-only, finetuned")
+    p.add_argument("--out", help="output folder (default: <home>/eval/<run id>)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--history", action="store_true", help="list past runs instead")
+    p.set_defaults(func=cmd_eval)
+
+    ft = sub.add_parser("finetune", help="generate training data from the corpus and train a LoRA adapter")
+    ftsub = ft.add_subparsers(dest="finetune_command", required=True)
+    p = ftsub.add_parser("data", help="write RAFT-style training examples generated from indexed chunks")
+    p.add_argument("--index", action="append", help="index folder to draw chunks from (repeatable; default: <home>/index)")
+    p.add_argument("--out", required=True, help="output folder for train.jsonl and the data card")
+    p.add_argument("--held-out", action="append", help="evaluation Q&A file whose questions must not be near-duplicated "
+                   f"(repeatable; default: {', '.join(DEFAULT_HELD_OUT)} where present)")
+    p.add_argument("--max-llm-chunks", type=int, default=400, help="chunks per index given to the LLM question writer")
+    p.add_argument("--no-llm", action="store_true", help="only structure-derived questions (no LLM; fast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_finetune_data)
+    p = ftsub.add_parser("train", help="train a LoRA adapter on the generated data (GPU when present)")
+    p.add_argument("--data", required=True, help="folder written by `ragbot finetune data`")
+    p.add_argument("--out", required=True, help="adapter output folder")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-length", type=int, default=1280, help="longest example in tokens (longer ones are skipped)")
+    p.add_argument("--grad-accum", type=int, default=8)
+    p.add_argument("--max-examples", type=int, default=0, help="train on a random slice (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints of an interrupted run")
+    p.set_defaults(func=cmd_finetune_train)
 
     p = sub.add_parser("prepare", help="build the offline model bundle now (otherwise done on first use)")
     p.set_defaults(func=cmd_prepare)

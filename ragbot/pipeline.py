@@ -105,12 +105,17 @@ class RagPipeline:
             self._gate = KeyTermGate(c.embedding_text() for c in self.store.chunks.values())
         return self._gate
 
-    def ask_stream(self, question: str, top_k: int | None = None) -> Iterator[str | Answer]:
-        """Yield the answer's text as it is generated, then the final :class:`Answer`."""
+    def ask_stream(self, question: str, top_k: int | None = None,
+                   retrieval: Retrieval | None = None) -> Iterator[str | Answer]:
+        """Yield the answer's text as it is generated, then the final :class:`Answer`.
+
+        ``retrieval`` may be passed when the caller already retrieved (evaluation ranks 10 deep,
+        the app shows the candidates); its top ``top_k`` passages go to the LLM.
+        """
         if self.generator is None:
             raise RuntimeError("this pipeline was opened without an LLM (with_llm=False)")
         top_k = top_k or self.settings.top_k
-        retrieval = self.retrieve(question, top_k)
+        retrieval = retrieval if retrieval is not None else self.retrieve(question, top_k)
         passages = retrieval.final[:top_k]
         decision = self.gate.run(question) if self.gate is not None else None
         if decision is not None and decision.refuse:
@@ -127,9 +132,9 @@ class RagPipeline:
             else:
                 yield item
 
-    def ask(self, question: str, top_k: int | None = None) -> Answer:
+    def ask(self, question: str, top_k: int | None = None, retrieval: Retrieval | None = None) -> Answer:
         answer = None
-        for item in self.ask_stream(question, top_k):
+        for item in self.ask_stream(question, top_k, retrieval):
             if isinstance(item, Answer):
                 answer = item
         assert answer is not None

@@ -1,0 +1,127 @@
+"""Synthetic questions written from corpus chunks: the only source of training data (never evaluation files).
+
+Two writers:
+
+* :class:`QuestionWriter` asks the base LLM, in batches, to write a question and a short answer
+  about one chunk; a pair is kept only if the answer is supported by the chunk (most of its
+  character bigrams occur in it) and the question is about the chunk.
+* :func:`structural_questions` turns definition-like lines (``**术语 (Term):** 定义…``) into
+  "什么是术语？" questions whose answer is the definition, at no model cost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ragbot.types import Chunk
+
+
+@dataclass(frozen=True)
+class SyntheticQA:
+    question: str
+    answer: str
+    chunk_id: str
+    source: str
+    method: str  # "llm" or "definition"
+
+
+WRITER_SYSTEM = "你是一名出题老师，根据给定的资料出题。"
+WRITER_PROMPT = (
+    "阅读下面的资料，提出一个能直接用资料中的具体内容回答的中文问题，并写出简短的答案（一两句话，使用资料中的原话）。\n"
+    "问题不要出现“资料”“上文”等字眼。\n\n资料：\n{text}\n\n只按如下格式输出：\n问题：……\n答案：……"
+)
+
+_QA = re.compile(r"问题[:：]\s*(?P<q>.+?)\s*\n+\s*答案[:：]\s*(?P<a>.+)", re.S)
+_META = ("资料", "上文", "本文", "文中", "这段", "以上")
+
+
+def _bigrams(text: str) -> set[str]:
+    chars = [c for c in text.lower() if c.isalnum()]
+    return {a + b for a, b in zip(chars, chars[1:])}
+
+
+def support(text: str, source: str) -> float:
+    """Fraction of the character bigrams of ``text`` that occur in ``source`` (0 when text has none)."""
+    grams = _bigrams(text)
+    return len(grams & _bigrams(source)) / len(grams) if grams else 0.0
+
+
+def parse_qa(output: str) -> tuple[str, str] | None:
+    m = _QA.search(output)
+    if not m:
+        return None
+    question = m.group("q").strip().split("\n")[0].strip()
+    answer = m.group("a").strip().split("\n\n")[0].strip()
+    return question, answer
+
+
+def acceptable(question: str, answer: str, chunk_text: str, *, min_answer_support: float = 0.6,
+               min_question_support: float = 0.3) -> str | None:
+    """None when the pair is usable, else the name of the filter that rejects it (recorded in the data card)."""
+    if not (6 <= len(question) <= 80) or not question.rstrip().endswith(("？", "?")):
+        return "question_form"
+    if any(w in question for w in _META):
+        return "question_meta"
+    if not (4 <= len(answer) <= 300):
+        return "answer_length"
+    if support(answer, chunk_text) < min_answer_support:
+        return "answer_unsupported"
+    if support(question, chunk_text) < min_question_support:
+        return "question_off_topic"
+    return None
+
+
+class QuestionWriter:
+    """``QuestionWriter(generate_batch).run(chunks)`` → (pairs, rejection counts).
+
+    ``generate_batch(conversations) -> list[str]`` is any batched chat call (``HFChatModel.generate_batch``).
+    """
+
+    def __init__(self, generate_batch: Callable[[list[list[dict]]], list[str]], batch_size: int = 8,
+                 max_chars: int = 500, progress: Callable[..., object] | None = None) -> None:
+        self.generate_batch = generate_batch
+        self.batch_size = batch_size
+        self.max_chars = max_chars
+        self.progress = progress or (lambda it, **kw: it)
+
+    def messages(self, chunk: Chunk) -> list[dict]:
+        return [{"role": "system", "content": WRITER_SYSTEM},
+                {"role": "user", "content": WRITER_PROMPT.format(text=chunk.embedding_text()[: self.max_chars])}]
+
+    def run(self, chunks: Sequence[Chunk]) -> tuple[list[SyntheticQA], dict[str, int]]:
+        pairs: list[SyntheticQA] = []
+        rejected: dict[str, int] = {}
+        batches = [chunks[i:i + self.batch_size] for i in range(0, len(chunks), self.batch_size)]
+        for batch in self.progress(batches, desc="write questions", unit="batch"):
+            outputs = self.generate_batch([self.messages(c) for c in batch])
+            for chunk, out in zip(batch, outputs):
+                parsed = parse_qa(out)
+                reason = "unparseable" if parsed is None else acceptable(parsed[0], parsed[1], chunk.text)
+                if reason:
+                    rejected[reason] = rejected.get(reason, 0) + 1
+                    continue
+                pairs.append(SyntheticQA(parsed[0], parsed[1], chunk.id, chunk.source, "llm"))
+        return pairs, rejected
+
+
+_DEFINITION = re.compile(
+    r"^\s*(?:[*-]\s+)?\*\*(?P<term>[^*\n]{1,40}?)\*\*\s*[:：]?\s*(?:\*\*)?\s*[:：]?\s*(?P<body>[^\n]{8,200})", re.M)
+
+
+def structural_questions(chunks: Iterable[Chunk]) -> list[SyntheticQA]:
+    """"什么是 X？" for every ``**X:** definition`` line; the first sentence of the definition is the answer."""
+    out = []
+    for chunk in chunks:
+        for m in _DEFINITION.finditer(chunk.text):
+            term = re.sub(r"[:：]\s*$", "", m.group("term").strip()).strip()
+            body = m.group("body").strip().lstrip("*:： ")
+            first = re.split(r"(?<=[。！？])", body)[0].strip()
+            # Defined terms here carry a Latin name ("张量 (Tensor)", "LoRA"); Chinese-only bold labels are
+            # mostly section captions ("目的", "风险", "改进") whose "definition" is not one.
+            if (not re.search(r"[A-Za-z]{2,}", term) or re.match(r"[\d第]", term) or len(first) < 6
+                    or not re.match(r"[\w\u4e00-\u9fff`]", first) or first.startswith("```")):
+                continue
+            out.append(SyntheticQA(f"什么是{term}？", first, chunk.id, chunk.source, "definition"))
+    return out

@@ -1,0 +1,169 @@
+"""LoRA fine-tuning of the answerer with peft and the transformers ``Trainer``.
+
+The loss covers only the answer tokens: the prompt (instructions, passages, question) is masked
+with -100, so the model learns what to say given passages, not to reproduce them. Runs on the CPU
+in fp32 (bf16 is emulated on AVX2 CPUs) and on a GPU in bf16. Checkpoints let an interrupted run
+resume; the output folder holds the adapter, the training settings and the data card together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragbot.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_length: int = 1280
+    batch_size: int = 1
+    grad_accum: int = 8
+    warmup_ratio: float = 0.05
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_examples: int = 0  # 0 = all; a quick run can train on a slice
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "alpha", "max_length", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate ({self.learning_rate}) must be in (0, 1)")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction ({self.val_fraction}) must be in [0, 0.5)")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs ({self.epochs}) must be > 0")
+
+
+def encode_example(tokenizer: Any, messages: list[dict], target: str, max_length: int) -> dict[str, list[int]] | None:
+    """Token ids of prompt + answer, with labels -100 on the prompt; None when it does not fit ``max_length``.
+
+    The prompt is rendered with the chat template exactly as at inference (``add_generation_prompt``),
+    so the boundary between prompt and answer is where generation starts.
+    """
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently with an answer; cannot mask the prompt")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full.rstrip("\n"), add_special_tokens=False)["input_ids"]
+    if len(full_ids) > max_length:
+        return None
+    labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids):]
+    return {"input_ids": full_ids, "attention_mask": [1] * len(full_ids), "labels": labels}
+
+
+def load_examples(data_dir: Path) -> list[dict[str, Any]]:
+    path = Path(data_dir) / "train.jsonl"
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; generate it first: ragbot finetune data --out {data_dir}")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    train_examples: int
+    val_examples: int
+    skipped_too_long: int
+    steps: int
+    seconds: float
+    device: str
+    val_loss: list[float] = field(default_factory=list)
+    train_loss: float | None = None
+
+
+class LoraTrainer:
+    """``LoraTrainer(base_model_path, config).run(data_dir, out_dir)`` → :class:`TrainResult`."""
+
+    def __init__(self, base_model: str, config: TrainConfig, *, device: str = "auto", show_progress: bool = True) -> None:
+        self.base_model = base_model
+        self.config = config
+        self.device = device
+        self.show_progress = show_progress
+
+    def run(self, data_dir: Path, out_dir: Path, *, resume: bool = True) -> TrainResult:
+        import shutil
+
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                                  TrainingArguments)
+
+        from ragbot.embedder import resolve_device
+
+        cfg, out_dir = self.config, Path(out_dir)
+        rows = load_examples(Path(data_dir))
+        if cfg.max_examples:
+            rows = random.Random(cfg.seed).sample(rows, min(cfg.max_examples, len(rows)))
+        train_rows, val_rows = _split(rows, cfg.val_fraction, cfg.seed)
+        tokenizer = AutoTokenizer.from_pretrained(self.base_model)
+        encoded, skipped = {}, 0
+        for name, part in (("train", train_rows), ("val", val_rows)):
+            encoded[name] = []
+            for r in part:
+                ex = encode_example(tokenizer, r["messages"], r["target"], cfg.max_length)
+                if ex is None:
+                    skipped += 1
+                else:
+                    encoded[name].append(ex)
+        if not encoded["train"]:
+            raise ConfigError(f"no training example fits max_length={cfg.max_length} tokens; raise max_length")
+
+        device = resolve_device(self.device)
+        # fp32 on CPU: bf16 matmuls are emulated on AVX2 and ~8x slower there; bf16 on GPUs
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=dtype)
+        model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                 target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+        checkpoints = out_dir / "checkpoints"
+        args = TrainingArguments(
+            output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio,
+            lr_scheduler_type="cosine", logging_steps=5, eval_strategy="epoch" if encoded["val"] else "no",
+            save_strategy="steps", save_steps=20, save_total_limit=2, bf16=device == "cuda",
+            use_cpu=device == "cpu", report_to=[], seed=cfg.seed, disable_tqdm=not self.show_progress,
+            remove_unused_columns=False, dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["val"] or None,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        has_checkpoint = resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+        start = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+        seconds = time.perf_counter() - start
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)  # the adapter only: a few MB
+        val_loss = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+        result = TrainResult(str(out_dir), len(encoded["train"]), len(encoded["val"]), skipped,
+                             trainer.state.global_step, seconds, device, val_loss, output.training_loss)
+        settings = {"base_model": self.base_model, "config": asdict(cfg), "result": asdict(result),
+                    "loss_history": [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]}
+        (out_dir / "train_settings.json").write_text(json.dumps(settings, ensure_ascii=False, indent=1))
+        for name in ("data_card.json", "data_card.md"):
+            if (Path(data_dir) / name).exists():
+                shutil.copy(Path(data_dir) / name, out_dir / name)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return result
+
+
+def _split(rows: list[dict[str, Any]], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Split by question, so a question's answer and refusal examples land on the same side."""
+    questions = sorted({r["question"] for r in rows})
+    random.Random(seed).shuffle(questions)
+    n_val = max(1, math.floor(len(questions) * val_fraction)) if val_fraction > 0 and len(questions) > 1 else 0
+    val_q = set(questions[:n_val])
+    return [r for r in rows if r["question"] not in val_q], [r for r in rows if r["question"] in val_q]

@@ -1,0 +1,94 @@
+"""Named pipeline configurations ("variants") that evaluation and the arena compare side by side.
+
+A variant is a set of setting overrides applied to the base settings, plus whether it retrieves at
+all. Built-in variants are below; more can be defined in the settings file::
+
+    [variants.big-k]
+    top_k = 8
+    description = "more passages"
+
+A variant whose chunking or embedder differs from the main index gets an index of its own, built
+from the files listed in the main index's manifest (see :func:`variant_index_path`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragbot.errors import ConfigError
+from ragbot.settings import Settings
+
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "assets" / "adapter"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    retrieval: bool = True
+
+    def settings(self, base: Settings) -> Settings:
+        return base.replace(**self.overrides)
+
+
+BUILTIN: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("ragbot", "the default pipeline: hybrid retrieval, grounded prompt, refusal gate, citation checks"),
+        Variant("naive", "textbook RAG: fixed 512-character chunks (50 overlap), dense top-5, plain prompt",
+                {"chunker": "fixed", "chunk_size": 512, "chunk_overlap": 50, "use_bm25": False, "reranker": "none",
+                 "top_k": 5, "prompt": "plain", "refusal_gate": False, "align_citations": False}),
+        Variant("no-rerank", "the default pipeline without the reranker stage", {"reranker": "none"}),
+        Variant("llm-only", "the LLM alone, no retrieval",
+                {"prompt": "plain", "refusal_gate": False, "align_citations": False}, retrieval=False),
+        Variant("finetuned", "the default pipeline with the shipped LoRA adapter (ragbot finetune)",
+                {"adapter": str(SHIPPED_ADAPTER)}),
+    )
+}
+
+
+def available(settings: Settings, config_file: Path | None = None) -> dict[str, Variant]:
+    """Built-in variants (``finetuned`` only when its adapter exists) plus those in the settings file."""
+    variants = {k: v for k, v in BUILTIN.items() if k != "finetuned" or (SHIPPED_ADAPTER / "adapter_config.json").exists()}
+    path = Path(config_file) if config_file else Path("ragbot.toml")
+    if path.exists():
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        for name, table in data.get("variants", {}).items():
+            table = dict(table)
+            description = table.pop("description", "defined in " + str(path))
+            retrieval = table.pop("retrieval", True)
+            variant = Variant(name, description, table, retrieval)
+            try:
+                variant.settings(settings)
+            except ConfigError as e:
+                raise ConfigError(f"variant {name!r} in {path}: {e}") from None
+            variants[name] = variant
+    return variants
+
+
+def resolve(names: list[str], settings: Settings, config_file: Path | None = None) -> list[Variant]:
+    known = available(settings, config_file)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def index_key(settings: Settings) -> str:
+    """What an index depends on; variants with the same key share an index."""
+    key = {"embedder": settings.embedder, "chunker": settings.chunker, "chunk_size": settings.chunk_size,
+           "chunk_overlap": settings.chunk_overlap}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def variant_index_path(base: Settings, variant_settings: Settings) -> Path:
+    """The main index when the variant indexes like the base settings, else a sibling folder named by its key."""
+    if index_key(base) == index_key(variant_settings):
+        return base.index_path
+    return base.index_path.parent / f"{base.index_path.name}-{index_key(variant_settings)}"

@@ -1,0 +1,124 @@
+import re
+
+import pytest
+
+from ragbot.finetune.data import ExampleBuilder, char_ngrams, cite, jaccard, near_duplicates
+from ragbot.finetune.questions import SyntheticQA, acceptable, parse_qa, structural_questions, support
+from ragbot.finetune.train import TrainConfig, _split, encode_example
+from ragbot.errors import ConfigError
+from ragbot.settings import REFUSAL
+from ragbot.types import Chunk, ScoredChunk
+
+GOLD = Chunk("gold", "d", "LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B，秩 r 常取 8。", "lora.md")
+OTHERS = [Chunk(f"o{i}", "d", f"第{i}段无关内容，讲的是卷积网络的第{i}个细节。", "cnn.md") for i in range(10)]
+CHUNKS = {c.id: c for c in [GOLD, *OTHERS]}
+PAIR = SyntheticQA("LoRA 训练哪些矩阵？", "只训练低秩矩阵 A 和 B。", "gold", "lora.md", "llm")
+
+
+def retrieve(question, k):
+    return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, *OTHERS][:k]]
+
+
+def passage_texts(user_message):
+    return re.findall(r"^\[(\d+)\]（[^）]*）\n(.*)$", user_message, re.M)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_gold_passage_number_is_right_after_shuffling(seed):
+    examples = ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=0.0, seed=seed).run([PAIR])
+    (ex,) = examples
+    passages = dict(passage_texts(ex.messages[-1]["content"]))
+    assert len(passages) == 4
+    assert passages[str(ex.gold_position)] == GOLD.text
+    assert ex.target == f"只训练低秩矩阵 A 和 B [{ex.gold_position}]。"
+
+
+def test_gold_positions_vary_across_examples():
+    pairs = [SyntheticQA(f"LoRA 问题{i}？", "只训练低秩矩阵 A 和 B。", "gold", "lora.md", "llm") for i in range(40)]
+    positions = {e.gold_position for e in ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=0.0).run(pairs)}
+    assert positions == {1, 2, 3, 4}
+
+
+def test_refusal_examples_withhold_gold_and_cite_nothing():
+    examples = ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=1.0, seed=1).run([PAIR])
+    refusal = [e for e in examples if e.kind == "refusal"]
+    assert len(refusal) == 1
+    assert refusal[0].target == REFUSAL and refusal[0].gold_position is None
+    assert GOLD.text not in refusal[0].messages[-1]["content"]
+    assert not re.search(r"\[\d+\]", refusal[0].target)
+
+
+def test_distractors_that_also_answer_are_not_used():
+    copy = Chunk("copy", "d", "重复：只训练低秩矩阵 A 和 B。", "dup.md")
+    chunks = {**CHUNKS, "copy": copy}
+
+    def retrieve_with_copy(q, k):
+        return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, copy, *OTHERS][:k]]
+
+    examples = ExampleBuilder(retrieve_with_copy, chunks, n_passages=4, refusal_ratio=1.0).run([PAIR])
+    assert all(copy.text not in e.messages[-1]["content"] for e in examples)
+
+
+def test_cite_inserts_marker_before_final_punctuation():
+    assert cite("答案是 8。", 2) == "答案是 8 [2]。"
+    assert cite("答案是 8", 3) == "答案是 8 [3]。"
+    assert cite("已有 [1] 标注。", 2) == "已有 标注 [2]。"
+
+
+def test_near_duplicate_filter():
+    held = ["LoRA 微调时训练哪些矩阵？", "什么是 KV Cache？"]
+    generated = ["LoRA 微调时训练哪些矩阵？", "LoRA 微调时训练哪些矩阵呢？", "卷积层的参数量怎么算？"]
+    found = near_duplicates(generated, held)
+    assert set(found) == {0, 1}
+    assert found[0] == ("LoRA 微调时训练哪些矩阵？", 1.0)
+    assert jaccard(char_ngrams("abcdef"), char_ngrams("abcdef")) == 1.0
+    assert jaccard(char_ngrams("abcdefg"), char_ngrams("uvwxyz1")) == 0.0
+
+
+class CharTokenizer:
+    """One id per character; a chat template like Qwen's, enough to test masking."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False):
+        text = "".join(f"<|{m['role']}|>{m['content']}<|end|>\n" for m in messages)
+        return text + ("<|assistant|>" if add_generation_prompt else "")
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_loss_mask_covers_only_answer_tokens():
+    messages = [{"role": "system", "content": "规则"}, {"role": "user", "content": "资料与问题"}]
+    ex = encode_example(CharTokenizer(), messages, "答案 [1]。", max_length=1000)
+    labelled = "".join(chr(t) for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100)
+    assert labelled == "答案 [1]。<|end|>"
+    assert all(lab == -100 for lab in ex["labels"][: len(ex["labels"]) - len(labelled)])
+    assert encode_example(CharTokenizer(), messages, "答案", max_length=10) is None
+
+
+def test_split_keeps_a_question_on_one_side():
+    rows = [{"question": f"q{i % 10}", "kind": k} for i in range(20) for k in ("answer",)]
+    train, val = _split(rows, 0.2, seed=0)
+    assert {r["question"] for r in train}.isdisjoint({r["question"] for r in val})
+    assert len({r["question"] for r in val}) == 2
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError, match=r"learning_rate \(2.0\)"):
+        TrainConfig(learning_rate=2.0)
+
+
+def test_parse_and_filter_generated_pairs():
+    assert parse_qa("问题：LoRA 训练哪些矩阵？\n答案：低秩矩阵 A 和 B。") == ("LoRA 训练哪些矩阵？", "低秩矩阵 A 和 B。")
+    assert parse_qa("随便说点什么") is None
+    text = GOLD.text
+    assert acceptable("LoRA 训练哪些矩阵？", "只训练低秩矩阵 A 和 B。", text) is None
+    assert acceptable("LoRA 训练哪些矩阵？", "训练全部参数并使用更大的学习率。", text) == "answer_unsupported"
+    assert acceptable("根据资料，LoRA 训练哪些矩阵？", "低秩矩阵 A 和 B。", text) == "question_meta"
+    assert acceptable("LoRA 训练哪些矩阵", "低秩矩阵 A 和 B。", text) == "question_form"
+    assert support("低秩矩阵", text) == 1.0
+
+
+def test_structural_questions_from_definition_lines():
+    chunk = Chunk("c", "d", "* **张量 (Tensor):** 多维数组，是标量、向量、矩阵的推广。\n* **目的**：说明用途的标签。", "a.md")
+    (qa,) = structural_questions([chunk])
+    assert qa.question == "什么是张量 (Tensor)？" and qa.answer == "多维数组，是标量、向量、矩阵的推广。"
