@@ -65,7 +65,7 @@ class RagPipeline:
             embedder = embedder or SentenceTransformerEmbedder.from_settings(settings)
         if with_llm and chat_model is None:
             chat_model = HFChatModel.from_settings(settings)
-        return cls(settings, store, embedder, chat_model, make_reranker(settings) if retrieval else None)
+        return cls(settings, store, embedder, chat_model, make_reranker(settings, store))
 
     def warm_up(self) -> None:
         """Load every model now (otherwise the first question pays for it)."""
@@ -93,7 +93,7 @@ class RagPipeline:
         reranked: tuple[ScoredChunk, ...] = ()
         if self.reranker is not None:
             t_rr = time.perf_counter()
-            reranked = tuple(self.reranker.run(question, result.fused, top_k))
+            reranked = tuple(self.reranker.rerank(result, top_k))
             timings["rerank_ms"] = (time.perf_counter() - t_rr) * 1000
         timings["retrieval_ms"] = (time.perf_counter() - t) * 1000
         return replace(result, reranked=reranked, timings_ms=timings)

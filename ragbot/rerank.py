@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from ragbot.settings import Settings
-from ragbot.types import ScoredChunk
+from ragbot.store import IndexStore
+from ragbot.types import Retrieval, ScoredChunk
 
 
 class Reranker(Protocol):
+    """Reorders the fused candidates of a retrieval (it may use every stage's scores) and keeps ``top_k``."""
+
     name: str
 
-    def run(self, query: str, hits: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
+    def rerank(self, retrieval: Retrieval, top_k: int) -> list[ScoredChunk]: ...
 
 
 class CrossEncoderReranker:
     """A sentence-transformers ``CrossEncoder`` (hub id or local folder), e.g. ``BAAI/bge-reranker-base``.
 
     >>> rr = CrossEncoderReranker("BAAI/bge-reranker-base", models_dir)  # doctest: +SKIP
-    >>> rr.run("什么是 LoRA？", hits, top_k=5)  # doctest: +SKIP
+    >>> rr.rerank(pipeline.retrieve("什么是 LoRA？", 20), top_k=5)  # doctest: +SKIP
     """
 
     def __init__(self, spec: str, models_dir, *, device: str = "auto", allow_downloads: bool = False,
@@ -39,24 +42,30 @@ class CrossEncoderReranker:
             path = resolve_model(self.spec, self.models_dir, allow_downloads=self.allow_downloads)
             self._model = CrossEncoder(path, device=resolve_device(self.device))
 
-    def run(self, query: str, hits: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]:
+    def rerank(self, retrieval: Retrieval, top_k: int) -> list[ScoredChunk]:
+        hits = retrieval.fused
         if not hits:
             return []
         self.warm_up()
-        scores = self._model.predict([(query, h.chunk.embedding_text()) for h in hits], batch_size=self.batch_size,
-                                     show_progress_bar=False)
+        scores = self._model.predict([(retrieval.query, h.chunk.embedding_text()) for h in hits],
+                                     batch_size=self.batch_size, show_progress_bar=False)
         ranked = sorted(zip(hits, scores), key=lambda x: -float(x[1]))
         return [ScoredChunk(h.chunk, float(s), "rerank") for h, s in ranked[:top_k]]
 
 
-def make_reranker(settings: Settings) -> Reranker | None:
+def make_reranker(settings: Settings, store: IndexStore | None) -> Reranker | None:
     """The reranker a setting names, or None for ``none`` (fusion order is kept)."""
     from ragbot.errors import ConfigError
 
     spec = settings.reranker
-    if spec in ("", "none"):
+    if spec in ("", "none") or store is None:
         return None
+    if spec == "ltr" or spec.startswith("ltr:"):
+        from ragbot.ltr import SHIPPED, LTRReranker
+
+        return LTRReranker(store, Path(spec[4:]) if spec.startswith("ltr:") else SHIPPED)
     if spec.startswith("cross-encoder:"):
         return CrossEncoderReranker(spec.split(":", 1)[1], settings.models_dir, device=settings.device,
                                     allow_downloads=settings.allow_downloads)
-    raise ConfigError(f"reranker {spec!r} is not known; use 'none' or 'cross-encoder:<hub id or local path>'")
+    raise ConfigError(f"reranker {spec!r} is not known; use 'none', 'ltr' (or 'ltr:<model.json>') "
+                      "or 'cross-encoder:<hub id or local path>'")

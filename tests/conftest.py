@@ -70,3 +70,24 @@ def real_chat_model(models_dir):
     model = HFChatModel(BUNDLED_LLM, models_dir, device="cpu")
     model.warm_up()
     return model
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory, real_embedder):
+    """The bundled corpus/ ingested once with the real embedder (~20 s on 2 cores)."""
+    from ingest.chunking import Chunker
+    from ingest.pipeline import IngestPipeline
+    from ragbot.settings import Settings
+
+    index = tmp_path_factory.mktemp("sample") / "index"
+    defaults = Settings(home=index.parent)
+    report = IngestPipeline(real_embedder, Chunker(defaults.chunk_size, defaults.chunk_overlap)).run([ROOT / "corpus"], index)
+    assert report.ok and not report.failed, report.summary()
+    return index
+
+
+@pytest.fixture(scope="session")
+def sample_qa():
+    import json
+
+    return [json.loads(line) for line in (ROOT / "corpus" / "qa.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
