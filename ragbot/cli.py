@@ -140,9 +140,14 @@ def cmd_finetune_data(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     held_out = [Path(p) for p in (args.held_out or [p for p in DEFAULT_HELD_OUT if Path(p).exists()])]
-    indexes = [Path(p) for p in args.index] if args.index else [settings.index_path]
-    card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=args.max_llm_chunks,
-                         seed=args.seed, use_llm=not args.no_llm, progress=tqdm_progress)
+    indexes = [Path(p) for p in args.indexes] if args.indexes else [settings.index_path]
+    llm_chunks = args.llm_chunks
+    if llm_chunks is None:  # the LLM question writer is worth it on a GPU; on 2 CPU cores it took ~19 s a chunk
+        from ragbot.embedder import resolve_device
+
+        llm_chunks = 400 if resolve_device(settings.device) == "cuda" else 0
+    card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=llm_chunks,
+                         seed=args.seed, n_passages=args.passages, window_chars=args.window, progress=tqdm_progress)
     print(f"{card['examples']} examples {card['by_kind']} written to {args.out} (data card: data_card.md); "
           f"held-out questions checked: {', '.join(map(str, held_out)) or 'none'}")
     return 0
@@ -153,7 +158,7 @@ def cmd_finetune_train(args: argparse.Namespace) -> int:
     from ragbot.finetune.train import LoraTrainer, TrainConfig
 
     settings = _settings(args)
-    config = TrainConfig(rank=args.rank, alpha=args.alpha, learning_rate=args.lr, epochs=args.epochs,
+    config = TrainConfig(rank=args.rank, alpha=args.alpha, top_layers=args.top_layers, learning_rate=args.lr, epochs=args.epochs,
                          max_length=args.max_length, grad_accum=args.grad_accum, max_examples=args.max_examples,
                          seed=args.seed)
     base = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
@@ -197,12 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="generate training data from the corpus and train a LoRA adapter")
     ftsub = ft.add_subparsers(dest="finetune_command", required=True)
     p = ftsub.add_parser("data", help="write RAFT-style training examples generated from indexed chunks")
-    p.add_argument("--index", action="append", help="index folder to draw chunks from (repeatable; default: <home>/index)")
+    p.add_argument("--index", action="append", dest="indexes",
+                   help="index folder to draw chunks from (repeatable; default: <home>/index)")
     p.add_argument("--out", required=True, help="output folder for train.jsonl and the data card")
     p.add_argument("--held-out", action="append", help="evaluation Q&A file whose questions must not be near-duplicated "
                    f"(repeatable; default: {', '.join(DEFAULT_HELD_OUT)} where present)")
-    p.add_argument("--max-llm-chunks", type=int, default=400, help="chunks per index given to the LLM question writer")
-    p.add_argument("--no-llm", action="store_true", help="only structure-derived questions (no LLM; fast)")
+    p.add_argument("--llm-chunks", type=int, default=None, help="chunks per index given to the LLM question writer "
+                   "(default: 400 on a GPU, 0 on CPU: structure-derived questions only)")
+    p.add_argument("--passages", type=int, default=3, help="passages per training example (gold + distractors)")
+    p.add_argument("--window", type=int, default=260, help="characters shown of each passage (0 = whole chunks)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_finetune_data)
     p = ftsub.add_parser("train", help="train a LoRA adapter on the generated data (GPU when present)")
@@ -210,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapter output folder")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
+    p.add_argument("--top-layers", type=int, default=12, help="LoRA in the last N decoder layers only (0 = all)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=1280, help="longest example in tokens (longer ones are skipped)")

@@ -33,10 +33,14 @@ PLAIN_SYSTEM = "你是一个乐于助人的助手。"
 
 
 def format_passages(passages: Sequence[ScoredChunk], max_chars: int = 600) -> str:
+    """``[n]（heading path）`` then the text. File names are left out: they are noise to a small model,
+    which tended to copy them into its answer; the heading carries the context that helps."""
     blocks = []
     for n, hit in enumerate(passages, start=1):
         c = hit.chunk
-        where = c.source + (f" 第{c.page}页" if c.page else "") + (f" · {c.heading}" if c.heading_path else "")
+        where = c.heading or c.source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if c.page:
+            where += f"，第{c.page}页"
         text = c.text if len(c.text) <= max_chars else c.text[:max_chars] + "…"
         blocks.append(f"[{n}]（{where}）\n{text}")
     return "\n\n".join(blocks)
@@ -220,7 +224,8 @@ class HFChatModel:
             # On CPUs without bf16 units (AVX2), bf16 matmuls are emulated: prefill ran at ~36 tok/s here.
             # Dynamic int8 (per-channel weights, fbgemm) measured ~330-460 tok/s prefill and ~17-20 tok/s decode.
             model = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)
+                model, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                inplace=True)  # in place: no second fp32 copy at load (peak memory)
         self.precision_used = precision
         self.model = model.to(device).eval()
 

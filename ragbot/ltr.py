@@ -2,8 +2,8 @@
 
 Why not a cross-encoder: no Chinese cross-encoder exists offline, and on 2 CPU cores even e5-small
 as a cross-encoder costs ~1 s for 20 passages, against a 150 ms budget for retrieval + rerank. The
-features here cost microseconds and add what rank fusion ignores: raw dense and BM25 scores (not
-just ranks), how much of the question's vocabulary (IDF-weighted) the passage and its headings
+features here cost microseconds and add what rank fusion ignores: dense and BM25 scores (not
+just ranks, scaled within each query so they do not depend on the embedder), how much of the question's vocabulary (IDF-weighted) the passage and its headings
 cover, and whether the question's Latin-script terms (names, acronyms) occur in the passage.
 
 The weights are learned from synthetic questions generated from the corpus (``ragbot finetune
@@ -26,7 +26,7 @@ from ragbot.grounding import key_terms
 from ragbot.store import IndexStore, bm25_tokens
 from ragbot.types import Retrieval, ScoredChunk
 
-FEATURES = ("rrf", "dense", "dense_recip_rank", "bm25_rel", "bm25_recip_rank", "idf_coverage", "heading_coverage",
+FEATURES = ("rrf", "dense_rel", "dense_recip_rank", "bm25_rel", "bm25_recip_rank", "idf_coverage", "heading_coverage",
             "key_term_coverage", "bigram_coverage", "log_length")
 SHIPPED = Path(__file__).resolve().parent / "assets" / "reranker" / "ltr.json"
 
@@ -57,7 +57,11 @@ class FeatureExtractor:
         total = sum(weights.values()) or 1.0
         terms = [_squash(t) for t in key_terms(q)]
         q_grams = _bigrams(q)
-        dense = {h.chunk.id: (h.score, i) for i, h in enumerate(retrieval.dense)}
+        # scores relative to this query's best and worst candidates: raw cosines differ by embedder
+        # (e5's sit in a narrow 0.8-0.9 band), so only their spread within one query is transferable
+        d_scores = [h.score for h in retrieval.dense]
+        d_lo, d_span = (min(d_scores), (max(d_scores) - min(d_scores)) or 1.0) if d_scores else (0.0, 1.0)
+        dense = {h.chunk.id: ((h.score - d_lo) / d_span, i) for i, h in enumerate(retrieval.dense)}
         bm25 = {h.chunk.id: (h.score, i) for i, h in enumerate(retrieval.bm25)}
         top_bm25 = retrieval.bm25[0].score if retrieval.bm25 else 1.0
         rows = []
@@ -70,7 +74,7 @@ class FeatureExtractor:
             text = _squash(c.text)
             rows.append([
                 hit.score * 60.0,  # RRF scores sit near 1/60; rescale for the regression
-                d_score if d_score is not None else (min(s for s, _ in dense.values()) if dense else 0.0),
+                d_score if d_score is not None else 0.0,
                 1.0 / (1 + d_rank) if d_rank is not None else 0.0,
                 b_score / top_bm25 if top_bm25 > 0 else 0.0,
                 1.0 / (1 + b_rank) if b_rank is not None else 0.0,

@@ -40,7 +40,7 @@ class Settings:
     embedder: str = BUNDLED_EMBEDDER
     llm: str = BUNDLED_LLM
     adapter: str = ""  # a LoRA adapter folder applied on top of ``llm``; empty for none
-    reranker: str = "none"  # "none", "bundle:<name>", "cross-encoder:<hub id or path>", "llm-judge"
+    reranker: str = "ltr"  # "ltr" (shipped learned-to-rank), "ltr:<model.json>", "cross-encoder:<hub id or path>", "none"
     allow_downloads: bool = False
     device: str = "auto"  # auto, cpu, cuda
     llm_precision: str = "auto"  # auto (int8 on CPU, bf16 on GPU), int8, bf16, fp32

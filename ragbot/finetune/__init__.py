@@ -22,12 +22,12 @@ MIN_CHUNK_CHARS = 80
 
 def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path, *, held_out_files: Sequence[Path],
                   max_llm_chunks: int = 400, seed: int = 0, batch_size: int = 8, n_passages: int = 4,
-                  refusal_ratio: float = 0.25, use_llm: bool = True, chat_model: Any = None, embedder: Any = None,
+                  refusal_ratio: float = 0.25, window_chars: int = 260, use_llm: bool = True, chat_model: Any = None, embedder: Any = None,
                   progress: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Write ``questions.jsonl``, ``train.jsonl`` and a data card to ``out_dir``; return the card."""
     from ragbot.evaluation.runner import load_qa
     from ragbot.finetune.data import ExampleBuilder, near_duplicates
-    from ragbot.finetune.questions import QuestionWriter, structural_questions
+    from ragbot.finetune.questions import QuestionWriter, sentence_questions, structural_questions
     from ragbot.generation import HFChatModel
     from ragbot.pipeline import RagPipeline
 
@@ -36,6 +36,7 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     held_out = [item.question for f in held_out_files for item in load_qa(Path(f))]
+    use_llm = use_llm and max_llm_chunks > 0
     chat_model = chat_model or (HFChatModel.from_settings(settings) if use_llm else None)
     card: dict[str, Any] = {"seed": seed, "sources": {}, "filters": {}, "held_out_files": [str(f) for f in held_out_files]}
     examples, all_pairs = [], []
@@ -45,9 +46,9 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         pipe.warm_up()
         embedder = pipe.embedder  # share the loaded model between indexes
         chunks = sorted((c for c in pipe.store.chunks.values() if len(c.text) >= MIN_CHUNK_CHARS), key=lambda c: c.id)
-        pairs = structural_questions(chunks)
+        pairs = structural_questions(chunks) + sentence_questions(chunks)
         rejected: dict[str, int] = {}
-        if use_llm and chat_model is not None:
+        if use_llm and chat_model is not None and max_llm_chunks > 0:
             sample = rng.sample(chunks, min(max_llm_chunks, len(chunks)))
             writer = QuestionWriter(chat_model.generate_batch, batch_size=batch_size, progress=progress)
             llm_pairs, rejected = writer.run(sample)
@@ -59,6 +60,7 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         kept = [p for i, p in enumerate(pairs) if i not in dups]
         builder = ExampleBuilder(lambda q, k: pipe.retrieve(q, k).final, pipe.store.chunks, n_passages=n_passages,
                                  refusal_ratio=refusal_ratio, max_passage_chars=s.max_passage_chars,
+                                 window_chars=window_chars,
                                  seed=rng.randrange(1 << 30))
         built = builder.run(kept)
         examples += built
@@ -82,7 +84,7 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         "examples": len(examples), "by_kind": dict(Counter(e.kind for e in examples)),
         "by_method": dict(Counter(e.method for e in examples)),
         "gold_position_counts": dict(sorted(Counter(e.gold_position for e in examples if e.gold_position).items())),
-        "n_passages": n_passages, "refusal_ratio": refusal_ratio, "near_duplicate_rule": "char 5-gram Jaccard >= 0.5",
+        "n_passages": n_passages, "window_chars": window_chars, "refusal_ratio": refusal_ratio, "near_duplicate_rule": "char 5-gram Jaccard >= 0.5",
         "max_llm_chunks_per_index": max_llm_chunks if use_llm else 0, "seconds": round(time.perf_counter() - start, 1),
         "example_rows": [{"question": e.question, "target": e.target, "kind": e.kind, "source": e.source}
                          for e in examples[:8]],

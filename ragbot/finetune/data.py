@@ -16,11 +16,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ragbot.finetune.questions import SyntheticQA, support
 from ragbot.generation import build_messages
+from ragbot.grounding import key_terms
 from ragbot.settings import REFUSAL
 from ragbot.types import Chunk, ScoredChunk
 
@@ -62,6 +63,16 @@ def near_duplicates(questions: Sequence[str], held_out: Iterable[str], threshold
     return found
 
 
+def _squash(text: str) -> str:
+    return re.sub(r"[\s\-_*`]+", "", text.lower())
+
+
+def subject(question: str) -> str:
+    """What a template question asks about: "什么是X？" → X, "X是多少？" → X (empty when unknown)."""
+    m = re.match(r"^什么是(.+?)[？?]$", question) or re.match(r"^(.+?)(?:是什么|用于什么|是多少|指的是什么)[？?]$", question)
+    return re.sub(r"\s*[（(].*?[)）]\s*", "", m.group(1)).strip() if m else ""
+
+
 def cite(answer: str, n: int) -> str:
     """``答案。`` → ``答案 [n]。`` (the marker goes before the closing punctuation, as the prompt asks)."""
     answer = re.sub(r"\s*\[\d+\]", "", answer).strip()
@@ -78,6 +89,7 @@ class ExampleBuilder:
     n_passages: int = 4
     refusal_ratio: float = 0.25
     max_passage_chars: int = 600
+    window_chars: int = 0  # 0 = whole chunks
     seed: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -96,14 +108,34 @@ class ExampleBuilder:
                 self._count("too_few_distractors")
                 continue
             k = rng.randint(1, self.n_passages)
-            passages = distractors[: self.n_passages - 1]
-            passages.insert(k - 1, ScoredChunk(gold, 1.0, "gold"))
+            passages = [self._window(h.chunk, "") for h in distractors[: self.n_passages - 1]]
+            passages.insert(k - 1, self._window(gold, pair.answer))
             examples.append(self._example(pair, passages, cite(pair.answer, k), "answer", k))
             if rng.random() < self.refusal_ratio:
-                withheld = list(distractors[: self.n_passages])
+                # a refusal is only right if no passage mentions what the question asks about
+                subjects = [_squash(t) for t in [*key_terms(pair.question), subject(pair.question)] if t]
+                silent = [h for h in distractors if not any(t in _squash(h.chunk.text) for t in subjects)]
+                if len(silent) < self.n_passages:
+                    self._count("refusal_skipped_topic_present")
+                    continue
+                withheld = [self._window(h.chunk, "") for h in silent[: self.n_passages]]
                 rng.shuffle(withheld)
                 examples.append(self._example(pair, withheld, REFUSAL, "refusal", None))
         return examples
+
+    def _window(self, chunk: Chunk, answer: str) -> ScoredChunk:
+        """At most ``window_chars`` of the chunk, placed to include the answer when it is quoted from it.
+
+        Training cost grows with prompt length (a CPU step on ~650 tokens took ~15 s); a window keeps
+        examples short while the gold passage still holds its answer.
+        """
+        text = chunk.text
+        if self.window_chars and len(text) > self.window_chars:
+            core = re.sub(r"\s*\[\d+\]", "", answer).strip().rstrip("。；")[:60]
+            at = text.find(core) if core else -1
+            start = max(0, min(at - self.window_chars // 4, len(text) - self.window_chars)) if at >= 0 else 0
+            text = text[start:start + self.window_chars]
+        return ScoredChunk(replace(chunk, text=text), 1.0, "gold" if answer else "distractor")
 
     def _example(self, pair: SyntheticQA, passages: list[ScoredChunk], target: str, kind: str,
                  k: int | None) -> TrainingExample:

@@ -33,7 +33,7 @@ WRITER_PROMPT = (
     "问题不要出现“资料”“上文”等字眼。\n\n资料：\n{text}\n\n只按如下格式输出：\n问题：……\n答案：……"
 )
 
-_QA = re.compile(r"问题[:：]\s*(?P<q>.+?)\s*\n+\s*答案[:：]\s*(?P<a>.+)", re.S)
+_QA = re.compile(r"问题[:：]\s*(?P<q>.+?)\s*答案[:：]\s*(?P<a>.+)", re.S)
 _META = ("资料", "上文", "本文", "文中", "这段", "以上")
 
 
@@ -53,6 +53,8 @@ def parse_qa(output: str) -> tuple[str, str] | None:
     if not m:
         return None
     question = m.group("q").strip().split("\n")[0].strip()
+    if not question.endswith(("？", "?")) and "？" in question:
+        question = question[: question.index("？") + 1]
     answer = m.group("a").strip().split("\n\n")[0].strip()
     return question, answer
 
@@ -124,4 +126,36 @@ def structural_questions(chunks: Iterable[Chunk]) -> list[SyntheticQA]:
                     or not re.match(r"[\w\u4e00-\u9fff`]", first) or first.startswith("```")):
                 continue
             out.append(SyntheticQA(f"什么是{term}？", first, chunk.id, chunk.source, "definition"))
+    return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？；])|\n+")
+_MARKUP = re.compile(r"\*\*|`|^[#>*\-\d.\s]+", re.M)
+_PATTERNS = (
+    # (pattern on a sentence, question template): the subject x is what the question asks about
+    (re.compile(r"^(?P<x>[^，。：:；（(]{2,24}?)(?:是指|指的是|是一种|是一个|是)(?P<y>[^，。]{4,}.*)$"), "{x}是什么？"),
+    (re.compile(r"^(?P<x>[^，。：:；（(]{2,24}?)(?:用于|用来)(?P<y>.{4,})$"), "{x}用于什么？"),
+    (re.compile(r"^(?P<x>[^，。：:；]{4,30}?)(?:为|约为|达到|降到|提高到|下降到|只有)\s*(?P<y>[\d.,]+\s*(?:%|倍|个|步|层|维|亿|万|GB|MB|ms|秒)?)"),
+     "{x}是多少？"),
+)
+
+
+def sentence_questions(chunks: Iterable[Chunk], per_chunk: int = 2) -> list[SyntheticQA]:
+    """Questions from declarative sentences ("X 是 Y" → "X是什么？", "X 为 0.9" → "X是多少？"); the sentence is the answer."""
+    out = []
+    for chunk in chunks:
+        found = 0
+        for raw in _SENTENCE_END.split(chunk.text):
+            sentence = _MARKUP.sub("", raw).strip()
+            if not 10 <= len(sentence) <= 120 or "```" in raw or "|" in sentence:
+                continue
+            for pattern, template in _PATTERNS:
+                m = pattern.match(sentence)
+                if m and not re.search(r"^(这|它|其|该|此|我们|你|他们|以下|如下)", m.group("x")):
+                    out.append(SyntheticQA(template.format(x=m.group("x").strip()), sentence, chunk.id, chunk.source,
+                                           "sentence"))
+                    found += 1
+                    break
+            if found >= per_chunk:
+                break
     return out

@@ -72,7 +72,7 @@ def test_stream_filter_never_shows_invalid_markers_split_across_deltas():
 def test_grounded_prompt_numbers_passages_with_source():
     msgs = build_messages("什么是 LoRA？", passages(2))
     user = msgs[-1]["content"]
-    assert "[1]（a.md · 标题）\n第1段资料。" in user and "[2]" in user and user.endswith("问题：什么是 LoRA？")
+    assert "[1]（标题）\n第1段资料。" in user and "[2]" in user and user.endswith("问题：什么是 LoRA？")
     assert REFUSAL in msgs[0]["content"]
 
 

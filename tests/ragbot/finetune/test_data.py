@@ -122,3 +122,35 @@ def test_structural_questions_from_definition_lines():
     chunk = Chunk("c", "d", "* **张量 (Tensor):** 多维数组，是标量、向量、矩阵的推广。\n* **目的**：说明用途的标签。", "a.md")
     (qa,) = structural_questions([chunk])
     assert qa.question == "什么是张量 (Tensor)？" and qa.answer == "多维数组，是标量、向量、矩阵的推广。"
+
+
+def test_refusal_is_skipped_when_a_distractor_mentions_the_subject():
+    other = Chunk("other", "d", "LoRA 的另一种说法：低秩适配。", "glossary.md")
+    chunks = {**CHUNKS, "other": other}
+
+    def retrieve_with_mention(q, k):
+        return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, other, *OTHERS][:k]]
+
+    examples = ExampleBuilder(retrieve_with_mention, chunks, n_passages=4, refusal_ratio=1.0).run([PAIR])
+    refusals = [e for e in examples if e.kind == "refusal"]
+    assert all("LoRA" not in e.messages[-1]["content"].split("问题：")[0] for e in refusals)
+
+
+def test_subject_of_template_questions():
+    from ragbot.finetune.data import subject
+
+    assert subject("什么是张量 (Tensor)？") == "张量"
+    assert subject("偏差修正的作用是什么？") == "偏差修正的作用"
+    assert subject("Adam 默认学习率是多少？") == "Adam 默认学习率"
+    assert subject("为什么要缓存？") == ""
+
+
+def test_window_keeps_the_answer_of_a_long_gold_chunk():
+    long_gold = Chunk("gold", "d", "无关的开头。" * 40 + "LoRA 只训练低秩矩阵 A 和 B。" + "无关的结尾。" * 40, "lora.md")
+    chunks = {**CHUNKS, "gold": long_gold}
+    pair = SyntheticQA("LoRA 训练哪些矩阵？", "LoRA 只训练低秩矩阵 A 和 B。", "gold", "lora.md", "llm")
+    (ex,) = ExampleBuilder(retrieve, chunks, n_passages=3, refusal_ratio=0.0, window_chars=100).run([pair])
+    passages = dict(passage_texts(ex.messages[-1]["content"]))
+    gold_text = passages[str(ex.gold_position)]
+    assert "LoRA 只训练低秩矩阵 A 和 B。" in gold_text and len(gold_text) == 100
+    assert all(len(t) <= 100 for t in passages.values())

@@ -1,0 +1,106 @@
+"""Upload checks and knowledge-base operations (ui/kb.py), without Streamlit."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragbot.store import IndexStore
+from ui.kb import (UploadError, delete_documents, ingest_paths, list_documents, reingest_all, sanitize_filename,
+                   save_upload, upload_limit_bytes, validate_upload)
+
+
+@pytest.mark.parametrize("name, safe", [
+    ("notes.md", "notes.md"),
+    ("../../etc/passwd.txt", "passwd.txt"),
+    ("..\\..\\windows\\boot.md", "boot.md"),
+    ("/abs/path/报告 v2.PDF", "报告 v2.pdf"),
+    ("..hidden.md", "hidden.md"),
+    ("a..b.md", "a.b.md"),
+    ("bad<name>|?*.md", "bad_name.md"),
+    ("\x00nul.txt", "nul.txt"),
+    ("x" * 300 + ".md", "x" * 97 + ".md"),
+    ("ｆｕｌｌｗｉｄｔｈ．ｍｄ", "fullwidth.md"),  # NFKC: a full-width dot is a dot
+])
+def test_sanitize_keeps_a_safe_base_name(name, safe):
+    assert sanitize_filename(name) == safe
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tool.exe", "不支持的文件类型 .exe"),
+    ("archive.md.zip", "不支持的文件类型 .zip"),
+    ("README", "没有扩展名"),
+    ("..", "没有扩展名"),
+    ("../", "没有扩展名"),
+])
+def test_sanitize_refuses_other_types(name, message):
+    with pytest.raises(UploadError, match=message):
+        sanitize_filename(name)
+
+
+def test_validate_checks_size_emptiness_and_pdf_magic():
+    assert validate_upload("a.md", b"# hi", limit=10) == "a.md"
+    with pytest.raises(UploadError, match="超过上限"):
+        validate_upload("a.md", b"x" * 11, limit=10)
+    with pytest.raises(UploadError, match="空文件"):
+        validate_upload("a.md", b"  \n", limit=10)
+    with pytest.raises(UploadError, match="不是 PDF"):
+        validate_upload("a.pdf", b"<html>", limit=100)
+    assert validate_upload("a.pdf", b"%PDF-1.7 ...", limit=100) == "a.pdf"
+
+
+def test_save_upload_stays_inside_the_directory(tmp_path):
+    target = save_upload(tmp_path / "uploads", "../../outside.md", b"# x\n", limit=100)
+    assert target == (tmp_path / "uploads" / "outside.md").resolve()
+    assert target.read_bytes() == b"# x\n"
+    assert not (tmp_path / "outside.md").exists()
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == ["outside.md"]  # no leftover temp file
+
+
+def test_upload_limit_from_the_environment():
+    assert upload_limit_bytes({}) == 20 * 1024 * 1024
+    assert upload_limit_bytes({"RAGBOT_UI_MAX_UPLOAD_MB": "1.5"}) == int(1.5 * 1024 * 1024)
+    assert upload_limit_bytes({"RAGBOT_UI_MAX_UPLOAD_MB": "lots"}) == 20 * 1024 * 1024
+
+
+def fake_embedder_for(settings):
+    from ui.fakes import FakeEmbedder
+
+    return FakeEmbedder(name=settings.embedder)
+
+
+def test_ingest_delete_and_reingest_keep_variant_indexes_in_step(indexed, corpus):
+    from ragbot.evaluation.runner import ensure_variant_indexes
+    from ragbot.variants import BUILTIN, variant_index_path
+
+    naive = BUILTIN["naive"]
+    ensure_variant_indexes(indexed, [naive], embedder_factory=fake_embedder_for)
+    naive_path = variant_index_path(indexed, naive.settings(indexed))
+    extra = corpus.parent / "extra.md"
+    extra.write_text("# 新增\n\n梯度裁剪把梯度范数限制在阈值以内。\n", encoding="utf-8")
+
+    report = ingest_paths(indexed, [extra], fake_embedder_for)
+    assert report.added == ("extra.md",)
+    assert str(extra.resolve()) in IndexStore.load(naive_path).manifest.files  # the variant index follows
+
+    rows = {r.source: r for r in list_documents(indexed)}
+    assert set(rows) == {"adam.md", "lora.md", "unsafe.md", "extra.md"} and rows["extra.md"].chunks >= 1
+    removed = delete_documents(indexed, [rows["extra.md"].doc_id])
+    assert removed == rows["extra.md"].chunks
+    assert rows["extra.md"].doc_id not in IndexStore.load(indexed.index_path).manifest.files
+    assert rows["extra.md"].doc_id not in IndexStore.load(naive_path).manifest.files
+    assert extra.exists()  # not an upload: the file itself is left alone
+
+    report = reingest_all(indexed, fake_embedder_for)
+    assert len(report.added) == 3 and not report.failed
+    assert not IndexStore.exists(naive_path)  # rebuilt on demand from the new main index
+
+
+def test_deleting_an_upload_removes_the_stored_copy(indexed):
+    from ui.kb import uploads_dir
+
+    path = save_upload(uploads_dir(indexed), "up.md", "# 上传\n\n一份上传的文档。\n".encode(), limit=1000)
+    ingest_paths(indexed, [path], fake_embedder_for)
+    row = next(r for r in list_documents(indexed) if r.source == "up.md")
+    assert row.uploaded
+    delete_documents(indexed, [row.doc_id])
+    assert not path.exists()

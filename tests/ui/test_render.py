@@ -1,0 +1,84 @@
+"""Safe rendering of answers, citations and passages (ui/render.py)."""
+
+from __future__ import annotations
+
+import re
+
+from ragbot.types import Answer, Chunk, Citation, ScoredChunk
+from ui.render import (answer_markdown, candidates_frame, claims_by_citation, highlighted_html, md_escape,
+                       md_escape_answer, passage_context, source_views, sources_html, support_spans, timings_frame)
+
+PAGE = "# 标题\n\n第一段讲背景。LoRA 冻结原权重，只训练低秩矩阵。秩 r 常取 8。\n\n第二段讲别的内容。"
+
+
+def chunk(text="LoRA 冻结原权重，只训练低秩矩阵。秩 r 常取 8。", **kw):
+    start = PAGE.index(text)
+    defaults = dict(id="c1", doc_id="/d/lora.md", text=text, source="lora.md", page=None, heading_path=("标题",),
+                    start=start, end=start + len(text))
+    return Chunk(**{**defaults, **kw})
+
+
+def answer(text, chunks):
+    passages = tuple(ScoredChunk(c, 0.9, "fused") for c in chunks)
+    cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", text) if int(n) <= len(chunks)})
+    return Answer("q", text, False, tuple(Citation(n, chunks[n - 1]) for n in cited), passages)
+
+
+def test_md_escape_neutralises_markdown_and_html():
+    escaped = md_escape("<img src=x onerror=alert(1)> [link](javascript:x) $x$ :red[y] **b**")
+    assert not re.search(r"(?<!\\)[<\[\]()$*:]", escaped)
+    assert md_escape("a\nb") == "a  \nb"
+    assert md_escape_answer("**重点** <b>x</b> [a](b)") == "**重点** \\<b\\>x\\</b\\> \\[a\\](b)"
+
+
+def test_answer_markdown_links_each_citation_with_a_tooltip():
+    c = chunk()
+    md = answer_markdown(answer('秩 r 常取 8 [1]。"引号" [7]', [c]), turn=3)
+    assert '[\\[1\\]](#cite-3-1 "lora.md · 标题：LoRA 冻结原权重' in md and "\n" not in md
+    assert "\\[7\\]" in md  # a marker naming no passage stays plain text
+    assert '\\"' not in md.split("](#cite-3-1", 1)[0]
+
+
+def test_claims_and_support_spans():
+    claims = claims_by_citation("LoRA 只训练低秩矩阵 [1]。秩常取 8。[2] 其他 [1][2]")
+    assert claims[1] == ["LoRA 只训练低秩矩阵 。", "其他"] and claims[2] == ["秩常取 8。", "其他"]
+    text = chunk().text
+    spans = support_spans(text, ["LoRA 只训练低秩矩阵"])
+    assert [text[s:e] for s, e in spans][0] == "LoRA 冻结原权重，只训练低秩矩阵。"
+    assert support_spans(text, []) == []
+    assert support_spans("# LoRA 低秩矩阵\nLoRA 只训练低秩矩阵。", ["LoRA 只训练低秩矩阵"]) == [(12, 25)]  # not the heading
+
+
+def test_passage_context_rebuilds_the_surrounding_text():
+    class Store:
+        def __init__(self, chunks):
+            self._chunks = chunks
+
+        def chunks_of(self, doc_id):
+            return self._chunks
+
+    target = chunk()
+    before_text = "第一段讲背景。"
+    before = chunk(before_text, id="c0", heading_path=())
+    after = chunk("第二段讲别的内容。", id="c2")
+    b, a = passage_context(Store([before, target, after]), target, margin=20)
+    assert b.endswith(before_text) and a.startswith("\n第二段")  # the blank line between was never in a chunk
+    assert passage_context(None, target) == ("", "")
+
+
+def test_sources_html_escapes_everything_untrusted():
+    evil = Chunk("c9", "/d/x.md", "恶意 <script>alert(1)</script> 内容。", "<img src=x onerror=alert(2)>.md",
+                 heading_path=("<b>h</b>",), start=0, end=30)
+    html = sources_html(source_views(answer("内容 [1]", [evil]), None), turn=0)
+    assert "<script" not in html and "<img" not in html and "<b>h" not in html
+    assert "&lt;script&gt;" in html and "&lt;img src=x onerror=alert(2)&gt;.md" in html
+    assert 'id="cite-0-1"' in html and html.count("<details") == 1
+
+
+def test_highlight_and_tables():
+    assert highlighted_html("a<b>c", [(1, 4)]).count("<mark") == 1
+    assert "&lt;b&gt;" in highlighted_html("a<b>c", [(1, 4)])
+    frame = candidates_frame([ScoredChunk(chunk(), 0.123456, "dense")])
+    assert list(frame.columns) == ["#", "得分", "文件", "页", "标题", "片段"] and frame.iloc[0]["得分"] == 0.1235
+    t = timings_frame({"total_ms": 10.0, "dense_ms": 1.0, "custom": 2.0})
+    assert list(t["阶段"]) == ["向量检索 (dense)", "总计", "custom"]

@@ -1,0 +1,59 @@
+"""Follow-up questions rewritten into standalone ones (ui/rewrite.py)."""
+
+from __future__ import annotations
+
+from ui.rewrite import (REWRITE_SYSTEM, clean_rewrite, heuristic_rewrite, key_terms, needs_context, rewrite_messages,
+                        rewrite_question, usable)
+
+HISTORY = [("user", "LoRA 为什么能减少显存占用？"), ("assistant", "因为 LoRA 冻结原权重，只训练低秩矩阵 [1]。")]
+
+
+def test_no_history_means_no_rewrite_and_no_llm_call():
+    calls = []
+    r = rewrite_question([], "那它和全参数微调比呢？", lambda m: calls.append(m) or "x")
+    assert (r.question, r.method, calls) == ("那它和全参数微调比呢？", "none", [])
+
+
+def test_standalone_question_is_kept():
+    r = rewrite_question(HISTORY, "BM25 的参数 k1 控制什么？", lambda m: "不该被调用")
+    assert r.method == "standalone" and r.question == "BM25 的参数 k1 控制什么？"
+
+
+def test_llm_rewrite_is_used_when_it_names_the_subject():
+    seen = []
+
+    def chat(messages):
+        seen.append(messages)
+        return "改写后的问题：“LoRA 和全参数微调相比有什么不同？”\n解释：……"
+
+    r = rewrite_question(HISTORY, "那它和全参数微调比呢？", chat)
+    assert r.method == "llm" and r.question == "LoRA 和全参数微调相比有什么不同？" and r.changed
+    system, user = seen[0]
+    assert system["content"] == REWRITE_SYSTEM
+    assert "用户：LoRA 为什么能减少显存占用？" in user["content"] and "[1]" not in user["content"]
+    assert user["content"].endswith("追问：那它和全参数微调比呢？\n改写后的问题：")
+
+
+def test_unusable_llm_output_falls_back_to_key_terms():
+    for reply in ("", "资料中没有相关信息", "那它和全参数微调比呢？", "好" * 400):
+        r = rewrite_question(HISTORY, "那它和全参数微调比呢？", lambda m, reply=reply: reply)
+        assert r.method == "heuristic", reply
+        assert r.question.startswith("关于LoRA") and r.question.endswith("那它和全参数微调比呢？")
+
+
+def test_llm_errors_fall_back_too():
+    def boom(messages):
+        raise RuntimeError("model crashed")
+
+    r = rewrite_question(HISTORY, "它的缺点呢？", boom)
+    assert r.method == "heuristic" and "model crashed" in r.raw
+
+
+def test_helpers():
+    assert key_terms("LoRA 为什么能减少显存占用？") == ["LoRA", "减少", "显存", "占用"]
+    assert needs_context("那它呢？") and needs_context("和全参数微调比呢") and not needs_context("Adam 的 beta2 默认是多少？")
+    assert clean_rewrite("\n  问题： 「Adam 的默认学习率？」 ") == "Adam 的默认学习率？"
+    assert usable("LoRA 的缺点是什么？", "它的缺点呢？", "LoRA 为什么省显存？")
+    assert not usable("它的缺点是什么？", "它的缺点呢？", "LoRA 为什么省显存？")
+    assert heuristic_rewrite("什么是？", "那呢") == "什么是？ 那呢"
+    assert len(rewrite_messages(HISTORY * 5, "它呢？")[1]["content"].splitlines()) == 2 * 2 + 4
