@@ -17,6 +17,21 @@ def settings(tmp_path):
 
 
 @pytest.fixture
+def indexed(tmp_path, settings):
+    """Settings whose index holds two tiny documents (LoRA, Adam), built with the fake embedder."""
+    from fakes import FakeEmbedder
+    from ingest.chunking import Chunker
+    from ingest.pipeline import IngestPipeline
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "lora.md").write_text("# LoRA\n\nLoRA 冻结预训练权重，只训练低秩矩阵 A 和 B，秩 r 常取 8。\n", encoding="utf-8")
+    (docs / "adam.md").write_text("# Adam\n\nAdam 优化器的默认 beta1 为 0.9，beta2 为 0.999。\n", encoding="utf-8")
+    IngestPipeline(FakeEmbedder(), Chunker(settings.chunk_size, settings.chunk_overlap)).run([docs], settings.index_path)
+    return settings
+
+
+@pytest.fixture
 def fake_embedder():
     from fakes import FakeEmbedder
 

@@ -58,7 +58,7 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         pairs = [p for p in pairs if not (p.question in seen or seen.add(p.question))]
         dups = near_duplicates([p.question for p in pairs], held_out)
         kept = [p for i, p in enumerate(pairs) if i not in dups]
-        builder = ExampleBuilder(lambda q, k: pipe.retrieve(q, k).final, pipe.store.chunks, n_passages=n_passages,
+        builder = ExampleBuilder(lambda q, k, pipe=pipe: pipe.retrieve(q, k).final, pipe.store.chunks, n_passages=n_passages,
                                  refusal_ratio=refusal_ratio, max_passage_chars=s.max_passage_chars,
                                  window_chars=window_chars,
                                  seed=rng.randrange(1 << 30))

@@ -3,7 +3,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from ragbot import cli
 

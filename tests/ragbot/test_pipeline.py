@@ -3,21 +3,9 @@
 import pytest
 
 from fakes import FakeChatModel, FakeEmbedder
-from ingest.chunking import Chunker
-from ingest.pipeline import IngestPipeline
 from ragbot.errors import IndexMismatchError
 from ragbot.pipeline import RagPipeline
 from ragbot.settings import REFUSAL
-
-
-@pytest.fixture
-def indexed(tmp_path, settings):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "lora.md").write_text("# LoRA\n\nLoRA 冻结预训练权重，只训练低秩矩阵 A 和 B，秩 r 常取 8。\n", encoding="utf-8")
-    (docs / "adam.md").write_text("# Adam\n\nAdam 优化器的默认 beta1 为 0.9，beta2 为 0.999。\n", encoding="utf-8")
-    IngestPipeline(FakeEmbedder(), Chunker(settings.chunk_size, settings.chunk_overlap)).run([docs], settings.index_path)
-    return settings
 
 
 def test_answer_cites_the_retrieved_chunk(indexed):

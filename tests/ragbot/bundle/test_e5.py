@@ -24,7 +24,6 @@ import ctypes
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest

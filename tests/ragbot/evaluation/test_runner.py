@@ -3,8 +3,6 @@ import json
 import pytest
 
 from fakes import FakeChatModel, FakeEmbedder
-from ingest.chunking import Chunker
-from ingest.pipeline import IngestPipeline
 from ragbot import variants as V
 from ragbot.errors import ConfigError
 from ragbot.evaluation.report import History, comparison_table
@@ -17,16 +15,6 @@ ITEMS = [
     QAItem("q2", "Adam 的 beta2 默认是多少？", "beta2 默认为 0.999。", "beta2 为 0.999", "adam.md", "definition"),
     QAItem("q3", "RWKV 是什么？", REFUSAL, "", "", "unanswerable"),
 ]
-
-
-@pytest.fixture
-def indexed(tmp_path, settings):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "lora.md").write_text("# LoRA\n\nLoRA 冻结预训练权重，只训练低秩矩阵，秩 r 常取 8。\n", encoding="utf-8")
-    (docs / "adam.md").write_text("# Adam\n\nAdam 的默认 beta1 为 0.9，beta2 为 0.999。\n", encoding="utf-8")
-    IngestPipeline(FakeEmbedder(), Chunker(settings.chunk_size, settings.chunk_overlap)).run([docs], settings.index_path)
-    return settings
 
 
 def fake_factory(reply):
