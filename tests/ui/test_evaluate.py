@@ -6,8 +6,18 @@ import json
 
 import pytest
 
-from ui.evaluate import (best_cells, chart_frame, comparison_frame, filter_questions, load_run, past_runs,
-                         questions_frame, run_evaluation, runs_frame, save_qa_upload)
+from ui.evaluate import (
+    best_cells,
+    chart_frame,
+    comparison_frame,
+    filter_questions,
+    load_run,
+    past_runs,
+    questions_frame,
+    run_evaluation,
+    runs_frame,
+    save_qa_upload,
+)
 from ui.kb import UploadError
 from ui.resources import Models
 

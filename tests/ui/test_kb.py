@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from ragbot.store import IndexStore
-from ui.kb import (UploadError, delete_documents, ingest_paths, list_documents, reingest_all, sanitize_filename,
-                   save_upload, upload_limit_bytes, validate_upload)
+from ui.kb import (
+    UploadError,
+    delete_documents,
+    ingest_paths,
+    list_documents,
+    reingest_all,
+    sanitize_filename,
+    save_upload,
+    upload_limit_bytes,
+    validate_upload,
+)
 
 
 @pytest.mark.parametrize("name, safe", [

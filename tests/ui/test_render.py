@@ -5,8 +5,19 @@ from __future__ import annotations
 import re
 
 from ragbot.types import Answer, Chunk, Citation, ScoredChunk
-from ui.render import (answer_markdown, candidates_frame, claims_by_citation, highlighted_html, md_escape,
-                       md_escape_answer, passage_context, source_views, sources_html, support_spans, timings_frame)
+from ui.render import (
+    answer_markdown,
+    candidates_frame,
+    claims_by_citation,
+    highlighted_html,
+    md_escape,
+    md_escape_answer,
+    passage_context,
+    source_views,
+    sources_html,
+    support_spans,
+    timings_frame,
+)
 
 PAGE = "# 标题\n\n第一段讲背景。LoRA 冻结原权重，只训练低秩矩阵。秩 r 常取 8。\n\n第二段讲别的内容。"
 

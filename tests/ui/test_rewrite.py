@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from ui.rewrite import (REWRITE_SYSTEM, clean_rewrite, heuristic_rewrite, key_terms, needs_context, rewrite_messages,
-                        rewrite_question, usable)
+from ui.rewrite import (
+    REWRITE_SYSTEM,
+    clean_rewrite,
+    heuristic_rewrite,
+    key_terms,
+    needs_context,
+    rewrite_messages,
+    rewrite_question,
+    usable,
+)
 
 HISTORY = [("user", "LoRA 为什么能减少显存占用？"), ("assistant", "因为 LoRA 冻结原权重，只训练低秩矩阵 [1]。")]
 

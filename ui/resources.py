@@ -1,0 +1,213 @@
+"""What the app loads once and shares between reruns and browser sessions: settings, models, pipelines.
+
+Streamlit reruns the whole script on every click, so nothing heavy may happen at the top level.
+:func:`get_models` is one ``st.cache_resource`` object that loads each model once (keyed like
+:class:`ragbot.evaluation.runner.SharedModels`, so variants that agree on a model share it);
+:func:`get_pipeline` caches a :class:`~ragbot.pipeline.RagPipeline` per variant settings and
+index version. ``top_k`` is passed per question and is not part of the key: changing it reloads
+nothing. A new index version (an upload, a deletion, ``ragbot ingest`` from the CLI) gives a new
+key, so the next question sees it.
+
+Fake models for tests: with ``RAGBOT_UI_FAKE_MODELS=1`` the app uses :mod:`ui.fakes` instead of
+the real embedder and LLM (and records indexes under the fake embedder's name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ragbot.settings import Settings
+
+FAKE_ENV = "RAGBOT_UI_FAKE_MODELS"
+PRELOAD_ENV = "RAGBOT_UI_PRELOAD"  # "0" to load models on the first question instead of at start
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_models_enabled(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(FAKE_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """``Settings.load()`` (``ragbot.toml`` and ``RAGBOT_*``), with the fake models' names when they are on."""
+    settings = Settings.load(env=env)
+    if fake_models_enabled(env):
+        from ui.fakes import FAKE_EMBEDDER, FAKE_LLM
+
+        reranker = "none" if settings.reranker.startswith("cross-encoder:") else settings.reranker  # no model in fakes
+        settings = settings.replace(embedder=FAKE_EMBEDDER, llm=FAKE_LLM, reranker=reranker)
+    return settings
+
+
+def reranker_spec(settings: Settings) -> str:
+    """The reranker the sidebar's switch turns on: the configured one, else the shipped learned-to-rank model."""
+    if settings.reranker not in ("", "none"):
+        return settings.reranker
+    try:
+        from ragbot.ltr import SHIPPED
+    except ImportError:
+        return ""
+    return "ltr" if SHIPPED.is_file() else ""
+
+
+VARIANT_DESCRIPTIONS = {  # the built-in variants, in the UI's language (others show their own description)
+    "ragbot": "默认流程：向量 + BM25 混合检索、有依据的提示词、拒答闸门、引用校验",
+    "naive": "教科书式 RAG：固定 512 字切块、只用向量检索 top-5、普通提示词",
+    "no-rerank": "默认流程，但不做重排",
+    "llm-only": "只用大模型本身回答，不检索资料（基线）",
+    "finetuned": "默认流程 + 随附的 LoRA 微调适配器",
+}
+
+
+def describe(variant: Any) -> str:
+    return VARIANT_DESCRIPTIONS.get(variant.name, variant.description)
+
+
+def corpus_dir() -> Path | None:
+    """The bundled sample corpus (``corpus/`` next to the app), if this checkout has it."""
+    path = Path(os.environ.get("RAGBOT_UI_CORPUS", REPO_ROOT / "corpus"))
+    return path if path.is_dir() else None
+
+
+class Models:
+    """Loads each model once, however many variants and sessions use it.
+
+    Keys match :class:`~ragbot.evaluation.runner.SharedModels`: one embedder per (model, device),
+    one LLM per (model, adapter, precision, device), one cross-encoder reranker per (model, device).
+    Each model loads under its own lock, so two sessions asking at once load it once, and
+    ingesting (embedder) never waits for the LLM to load.
+    """
+
+    def __init__(self, fake: bool = False) -> None:
+        self.fake = fake
+        self._embedders: dict[tuple, Any] = {}
+        self._llms: dict[tuple, Any] = {}
+        self._rerankers: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+        self._preloading = False
+        self.preload_error = ""
+
+    def _get(self, cache: dict[tuple, Any], key: tuple, factory: Any) -> Any:
+        with self._lock:
+            if key in cache:
+                return cache[key]
+            key_lock = self._key_locks.setdefault((id(cache), *key), threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in cache:
+                    return cache[key]
+            model = factory()
+            with self._lock:
+                cache[key] = model
+            return model
+
+    def embedder(self, settings: Settings) -> Any:
+        def load() -> Any:
+            if self.fake:
+                from ui.fakes import FakeEmbedder
+
+                return FakeEmbedder(name=settings.embedder)
+            from ragbot.embedder import SentenceTransformerEmbedder
+
+            model = SentenceTransformerEmbedder.from_settings(settings)
+            model.warm_up()
+            return model
+
+        return self._get(self._embedders, (settings.embedder, settings.device), load)
+
+    def chat_model(self, settings: Settings) -> Any:
+        def load() -> Any:
+            if self.fake:
+                from ui.fakes import FakeChatModel
+
+                return FakeChatModel()
+            from ragbot.generation import HFChatModel
+
+            model = HFChatModel.from_settings(settings)
+            model.warm_up()
+            return model
+
+        return self._get(self._llms, (settings.llm, settings.adapter, settings.llm_precision, settings.device), load)
+
+    def preload(self, settings: Settings) -> None:
+        """Load the default embedder and LLM in a background thread (once), so the first question does not wait."""
+        with self._lock:
+            if self._preloading:
+                return
+            self._preloading = True
+
+        def work() -> None:
+            try:
+                self.embedder(settings)
+                self.chat_model(settings)
+            except Exception as e:  # shown in the sidebar; the first question will raise it properly
+                self.preload_error = f"{type(e).__name__}: {e}"
+
+        threading.Thread(target=work, name="ragbot-preload", daemon=True).start()
+
+    def pipeline(self, settings: Settings, retrieval: bool = True) -> Any:
+        """A ready pipeline on the shared models (also the ``pipeline_factory`` for evaluation)."""
+        from ragbot.pipeline import RagPipeline
+        from ragbot.rerank import CrossEncoderReranker
+
+        pipeline = RagPipeline.from_settings(settings, retrieval=retrieval, chat_model=self.chat_model(settings),
+                                             embedder=self.embedder(settings) if retrieval else None)
+        if isinstance(pipeline.reranker, CrossEncoderReranker):
+            # a cross-encoder is a model: share one; store-bound rerankers (ltr) stay with their pipeline
+            fresh = pipeline.reranker
+
+            def load() -> Any:
+                fresh.warm_up()
+                return fresh
+
+            pipeline.reranker = self._get(self._rerankers, (fresh.name, settings.device), load)
+        pipeline.warm_up()
+        return pipeline
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return ([k[0] for k in self._embedders] + [k[0] + (f" + {k[1]}" if k[1] else "") for k in self._llms]
+                    + [k[0] for k in self._rerankers])
+
+
+@st.cache_resource(show_spinner=False)
+def get_models(fake: bool) -> Models:
+    return Models(fake)
+
+
+def index_version(index_path: Path) -> str:
+    """The name of the live index version ('' when there is none): changes whenever the index is saved."""
+    try:
+        return (Path(index_path) / "CURRENT").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pipeline_key(settings: Settings) -> str:
+    """The settings a pipeline depends on, as a string (top_k is passed per question, so it is left out)."""
+    d = settings.to_dict()
+    d.pop("top_k", None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+@st.cache_resource(show_spinner="正在加载模型和知识库索引（只在第一次需要）…", max_entries=8)
+def _cached_pipeline(key: str, version: str, retrieval: bool, fake: bool, _settings: Settings) -> Any:
+    return get_models(fake).pipeline(_settings, retrieval)
+
+
+def get_pipeline(settings: Settings, retrieval: bool = True) -> Any:
+    version = index_version(settings.index_path) if retrieval else ""
+    return _cached_pipeline(pipeline_key(settings), version, retrieval, fake_models_enabled(), settings)
+
+
+def clear_pipelines() -> None:
+    """Forget cached pipelines (after the knowledge base changed); models stay loaded."""
+    _cached_pipeline.clear()
