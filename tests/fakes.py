@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ragbot.testing import HashingEmbedder
 
-class FakeEmbedder:
-    """Hashes character bigrams into a small vector: texts sharing words get similar vectors."""
+
+class FakeEmbedder(HashingEmbedder):
+    """The package's hashing embedder, recording what it was asked to embed."""
 
     def __init__(self, dim: int = 64, name: str = "fake-embedder") -> None:
-        self.name = name
-        self._dim = dim
+        super().__init__(dim, name)
         self.calls = 0
         self.embedded: list[str] = []
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def _vec(self, text: str) -> np.ndarray:
-        v = np.zeros(self._dim, dtype=np.float32)
-        for a, b in zip(text, text[1:]):
-            h = int(hashlib.md5((a + b).encode()).hexdigest()[:8], 16)
-            v[h % self._dim] += 1.0
-        n = np.linalg.norm(v)
-        return v / n if n else v
 
     def embed_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         self.calls += 1
         self.embedded.extend(texts)
-        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self._dim), np.float32)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._vec(text)
+        return super().embed_documents(texts)
 
 
 class FakeChatModel:

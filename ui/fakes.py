@@ -9,41 +9,22 @@ fails with the usual "re-ingest" message instead of mixing vectors.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-import numpy as np
 
 from ragbot.settings import REFUSAL
+from ragbot.testing import HashingEmbedder
 
 FAKE_EMBEDDER = "ui-fake-embedder"
 FAKE_LLM = "ui-fake-llm"
 
 
-class FakeEmbedder:
-    """Character bigrams hashed into a small normalised vector: texts sharing words get similar vectors."""
+class FakeEmbedder(HashingEmbedder):
+    """The package's hashing embedder under the app's fake-embedder name."""
 
     def __init__(self, dim: int = 64, name: str = FAKE_EMBEDDER) -> None:
-        self.name = name
-        self._dim = dim
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def _vec(self, text: str) -> np.ndarray:
-        v = np.zeros(self._dim, dtype=np.float32)
-        for a, b in zip(text, text[1:]):
-            v[int(hashlib.md5((a + b).encode()).hexdigest()[:8], 16) % self._dim] += 1.0
-        n = np.linalg.norm(v)
-        return v / n if n else v
-
-    def embed_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
-        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self._dim), np.float32)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._vec(text)
+        super().__init__(dim, name)
 
 
 class FakeChatModel:
