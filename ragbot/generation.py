@@ -173,6 +173,24 @@ class ChatModel(Protocol):
     def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float) -> Iterator[str]: ...
 
 
+_MARKER_RUN = re.compile(r"(?:\s*[\[【［]\s*\d{1,3}\s*[\]】］]){4,}\s*$")
+
+
+def degenerate(token_ids: Sequence[int], text_tail: str, ngram: int = 8, repeats: int = 3) -> bool:
+    """True when generation has fallen into a loop: the last ``ngram`` tokens occurred ``repeats`` times,
+    or the text ends in a run of four or more citation markers ("[1] [2] [3] [4] ...").
+
+    Small models do both on questions they cannot answer; stopping early saves seconds of useless decoding.
+    """
+    if _MARKER_RUN.search(text_tail):
+        return True
+    if len(token_ids) < ngram * repeats:
+        return False
+    tail = tuple(token_ids[-ngram:])
+    hits = sum(1 for i in range(len(token_ids) - ngram + 1) if tuple(token_ids[i:i + ngram]) == tail)
+    return hits >= repeats
+
+
 class HFChatModel:
     """A transformers causal LM with its chat template, optionally with a LoRA adapter (merged for speed)."""
 
@@ -234,6 +252,21 @@ class HFChatModel:
                                                  return_dict=True)
         return {k: v.to(self.model.device) for k, v in enc.items()}
 
+    def _stopping(self, prompt_len: int):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer = self.tokenizer
+
+        class StopOnDegeneration(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                done = [degenerate(row[prompt_len:].tolist(), tokenizer.decode(row[-24:], skip_special_tokens=True))
+                        for row in input_ids]
+                import torch
+
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([StopOnDegeneration()])
+
     def _gen_kwargs(self, max_new_tokens: int, temperature: float) -> dict:
         kw = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
         if temperature > 0:
@@ -251,13 +284,15 @@ class HFChatModel:
 
         self.warm_up()
         inputs = self._inputs(messages)
+        prompt_len = inputs["input_ids"].shape[1]
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         errors: list[BaseException] = []
 
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**inputs, streamer=streamer, **self._gen_kwargs(max_new_tokens, temperature))
+                    self.model.generate(**inputs, streamer=streamer, stopping_criteria=self._stopping(prompt_len),
+                                        **self._gen_kwargs(max_new_tokens, temperature))
             except BaseException as e:  # surface generation errors in the caller's thread
                 errors.append(e)
                 streamer.end()
@@ -284,7 +319,8 @@ class HFChatModel:
         finally:
             self.tokenizer.padding_side = side
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**enc, **self._gen_kwargs(max_new_tokens, temperature))
+            out = self.model.generate(**enc, stopping_criteria=self._stopping(enc["input_ids"].shape[1]),
+                                      **self._gen_kwargs(max_new_tokens, temperature))
         return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def count_tokens(self, messages: list[Message]) -> int:

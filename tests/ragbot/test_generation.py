@@ -107,3 +107,14 @@ def test_uncited_answer_gets_aligned_citations():
 
 def test_citation_only_output_is_treated_as_refusal():
     assert finalize("q", "[1]", passages(2)).refused
+
+
+def test_degenerate_loops_and_marker_runs_are_detected():
+    from ragbot.generation import degenerate
+
+    assert degenerate([1, 2, 3], "答案 [1] [2] [3] [4]")
+    assert degenerate([1, 2, 3], "【1】【2】【3】【4】")
+    assert not degenerate([1, 2, 3], "答案 [1][2]。")
+    loop = [5, 6, 7, 8, 9, 10, 11, 12] * 3
+    assert degenerate([1, 2] + loop, "")
+    assert not degenerate(list(range(40)), "普通的回答")
