@@ -147,7 +147,8 @@ def cmd_finetune_data(args: argparse.Namespace) -> int:
 
         llm_chunks = 400 if resolve_device(settings.device) == "cuda" else 0
     card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=llm_chunks,
-                         seed=args.seed, n_passages=args.passages, window_chars=args.window, progress=tqdm_progress)
+                         seed=args.seed, n_passages=args.passages, window_chars=args.window,
+                         refusal_ratio=args.refusal_ratio, progress=tqdm_progress)
     print(f"{card['examples']} examples {card['by_kind']} written to {args.out} (data card: data_card.md); "
           f"held-out questions checked: {', '.join(map(str, held_out)) or 'none'}")
     return 0
@@ -209,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(repeatable; default: {', '.join(DEFAULT_HELD_OUT)} where present)")
     p.add_argument("--llm-chunks", type=int, default=None, help="chunks per index given to the LLM question writer "
                    "(default: 400 on a GPU, 0 on CPU: structure-derived questions only)")
-    p.add_argument("--passages", type=int, default=3, help="passages per training example (gold + distractors)")
-    p.add_argument("--window", type=int, default=260, help="characters shown of each passage (0 = whole chunks)")
+    p.add_argument("--passages", type=int, default=5, help="passages per training example (gold + distractors)")
+    p.add_argument("--window", type=int, default=200, help="characters shown of each passage (0 = whole chunks)")
+    p.add_argument("--refusal-ratio", type=float, default=0.3, help="share of questions that also get a refusal example")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_finetune_data)
     p = ftsub.add_parser("train", help="train a LoRA adapter on the generated data (GPU when present)")

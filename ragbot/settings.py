@@ -68,7 +68,7 @@ class Settings:
     align_citations: bool = True  # cite by lexical alignment when the model's answer cites nothing
     max_new_tokens: int = 256
     temperature: float = 0.0
-    max_passage_chars: int = 600
+    max_passage_chars: int = 300  # per passage in the prompt (a window focused on the question)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())

@@ -21,13 +21,13 @@ MIN_CHUNK_CHARS = 80
 
 
 def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path, *, held_out_files: Sequence[Path],
-                  max_llm_chunks: int = 400, seed: int = 0, batch_size: int = 8, n_passages: int = 4,
-                  refusal_ratio: float = 0.25, window_chars: int = 260, use_llm: bool = True, chat_model: Any = None, embedder: Any = None,
+                  max_llm_chunks: int = 400, seed: int = 0, batch_size: int = 8, n_passages: int = 5,
+                  refusal_ratio: float = 0.3, window_chars: int = 200, use_llm: bool = True, chat_model: Any = None, embedder: Any = None,
                   progress: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Write ``questions.jsonl``, ``train.jsonl`` and a data card to ``out_dir``; return the card."""
     from ragbot.evaluation.runner import load_qa
     from ragbot.finetune.data import ExampleBuilder, near_duplicates
-    from ragbot.finetune.questions import QuestionWriter, sentence_questions, structural_questions
+    from ragbot.finetune.questions import QuestionWriter, section_questions, sentence_questions, structural_questions
     from ragbot.generation import HFChatModel
     from ragbot.pipeline import RagPipeline
 
@@ -46,7 +46,7 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         pipe.warm_up()
         embedder = pipe.embedder  # share the loaded model between indexes
         chunks = sorted((c for c in pipe.store.chunks.values() if len(c.text) >= MIN_CHUNK_CHARS), key=lambda c: c.id)
-        pairs = structural_questions(chunks) + sentence_questions(chunks)
+        pairs = structural_questions(chunks) + sentence_questions(chunks) + section_questions(chunks)
         rejected: dict[str, int] = {}
         if use_llm and chat_model is not None and max_llm_chunks > 0:
             sample = rng.sample(chunks, min(max_llm_chunks, len(chunks)))

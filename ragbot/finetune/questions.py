@@ -11,6 +11,7 @@ Two writers:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -125,7 +126,37 @@ def structural_questions(chunks: Iterable[Chunk]) -> list[SyntheticQA]:
             if (not re.search(r"[A-Za-z]{2,}", term) or re.match(r"[\d第]", term) or len(first) < 6
                     or not re.match(r"[\w\u4e00-\u9fff`]", first) or first.startswith("```")):
                 continue
-            out.append(SyntheticQA(f"什么是{term}？", first, chunk.id, chunk.source, "definition"))
+            answer = first if first.startswith(term) else (
+                f"{term}{first}" if first.startswith(("用于", "指", "是", "表示", "即", "通过")) else f"{term}是{first}")
+            out.append(SyntheticQA(_vary(term, chunk.id), answer, chunk.id, chunk.source, "definition"))
+    return out
+
+
+_DEFINE_TEMPLATES = ("什么是{x}？", "{x}是什么？", "请解释一下{x}。", "{x}指的是什么？", "简单介绍一下{x}。")
+
+
+def _vary(term: str, key: str) -> str:
+    """A definition question in one of several phrasings, fixed per chunk (deterministic, no RNG state)."""
+    return _DEFINE_TEMPLATES[int(hashlib.md5(f"{term}|{key}".encode()).hexdigest(), 16) % len(_DEFINE_TEMPLATES)].format(x=term)
+
+
+_HEADING_NUMBER = re.compile(r"^[\s#]*(?:[\d.]+|[一二三四五六七八九十]+[、.]|第.+?[章节])\s*")
+
+
+def section_questions(chunks: Iterable[Chunk]) -> list[SyntheticQA]:
+    """"{heading}有什么特点？" for a chunk that starts a section; the first sentences of its body answer it."""
+    out = []
+    for chunk in chunks:
+        if not chunk.heading_path or not chunk.text.lstrip().startswith("#"):
+            continue
+        topic = _HEADING_NUMBER.sub("", chunk.heading_path[-1]).strip()
+        body = "\n".join(line for line in chunk.text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "```", "|")))
+        sentences = [x.strip() for x in re.split(r"(?<=[。！？])", _MARKUP.sub("", body)) if len(x.strip()) >= 8]
+        if not (2 <= len(topic) <= 20) or not sentences or "```" in chunk.text[:200]:
+            continue
+        answer = "".join(sentences[:2])[:160]
+        template = ("{x}有什么特点？", "介绍一下{x}。", "关于{x}，资料里是怎么说的？")[len(out) % 3].replace("资料里", "文中")
+        out.append(SyntheticQA(template.format(x=topic), answer, chunk.id, chunk.source, "section"))
     return out
 
 

@@ -118,3 +118,13 @@ def test_degenerate_loops_and_marker_runs_are_detected():
     loop = [5, 6, 7, 8, 9, 10, 11, 12] * 3
     assert degenerate([1, 2] + loop, "")
     assert not degenerate(list(range(40)), "普通的回答")
+
+
+def test_focus_picks_the_window_about_the_question():
+    from ragbot.generation import focus
+
+    text = "开头讲卷积。" * 10 + "\nLoRA 只训练低秩矩阵 A 和 B。\n" + "结尾讲池化。" * 10
+    window = focus(text, "LoRA 训练哪些矩阵？", 40)
+    assert "LoRA 只训练低秩矩阵" in window and window.startswith("…")
+    assert focus("短文本。", "任何问题", 40) == "短文本。"
+    assert len(focus(text, "无关", 40).strip("…")) <= 40
