@@ -213,6 +213,12 @@ def degenerate(token_ids: Sequence[int], text_tail: str, ngram: int = 8, repeats
     return hits >= repeats
 
 
+def marker_token_ids(tokenizer) -> list[int]:
+    """Ids of the vocabulary tokens that begin (after spaces) with an opening citation bracket."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [i for i, text in enumerate(texts) if text.lstrip().startswith(("[", "【", "［"))]
+
+
 class HFChatModel:
     """A transformers causal LM with its chat template, optionally with a LoRA adapter (merged for speed)."""
 
@@ -220,6 +226,7 @@ class HFChatModel:
                  allow_downloads: bool = False, num_threads: int = 0) -> None:
         self.spec, self.models_dir, self.adapter, self.precision = spec, models_dir, adapter, precision
         self.device, self.allow_downloads, self.num_threads = device, allow_downloads, num_threads
+        self.lead_marker_ids: list[int] = []
         self.model = None
         self.tokenizer = None
         self._lock = threading.Lock()  # one generation at a time: the app serves several browser sessions
@@ -253,6 +260,7 @@ class HFChatModel:
         if precision == "int8" and device != "cpu":
             raise ConfigError(f"llm_precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on {device}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.lead_marker_ids = marker_token_ids(self.tokenizer)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if self.adapter:
@@ -290,7 +298,10 @@ class HFChatModel:
         return StoppingCriteriaList([StopOnDegeneration()])
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float) -> dict:
-        kw = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+        kw = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+              # An answer never starts with a citation: the base model otherwise often copied a passage's
+              # "[1]（heading）" line, or the prompt's "[1] 或 [2][3]", as its whole answer.
+              "begin_suppress_tokens": self.lead_marker_ids or None}
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=0.9)
         else:

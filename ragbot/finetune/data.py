@@ -69,7 +69,8 @@ def _squash(text: str) -> str:
 
 def subject(question: str) -> str:
     """What a template question asks about: "什么是X？" → X, "X是多少？" → X (empty when unknown)."""
-    m = re.match(r"^什么是(.+?)[？?]$", question) or re.match(r"^(.+?)(?:是什么|用于什么|是多少|指的是什么)[？?]$", question)
+    m = (re.match(r"^(?:什么是|请解释一下|简单介绍一下)(.+?)[？?。]$", question)
+         or re.match(r"^(.+?)(?:是什么|用于什么|是多少|指的是什么)[？?]$", question))
     return re.sub(r"\s*[（(].*?[)）]\s*", "", m.group(1)).strip() if m else ""
 
 

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from ragbot.finetune.data import ExampleBuilder, char_ngrams, cite, jaccard, near_duplicates
-from ragbot.finetune.questions import SyntheticQA, acceptable, parse_qa, structural_questions, support
+from ragbot.finetune.questions import _DEFINE_TEMPLATES, SyntheticQA, acceptable, parse_qa, structural_questions, support
 from ragbot.finetune.train import TrainConfig, _split, encode_example
 from ragbot.errors import ConfigError
 from ragbot.settings import REFUSAL
@@ -121,7 +121,14 @@ def test_parse_and_filter_generated_pairs():
 def test_structural_questions_from_definition_lines():
     chunk = Chunk("c", "d", "* **张量 (Tensor):** 多维数组，是标量、向量、矩阵的推广。\n* **目的**：说明用途的标签。", "a.md")
     (qa,) = structural_questions([chunk])
-    assert qa.question == "什么是张量 (Tensor)？" and qa.answer == "多维数组，是标量、向量、矩阵的推广。"
+    phrasings = {t.format(x="张量 (Tensor)") for t in _DEFINE_TEMPLATES}
+    assert qa.question in phrasings and qa.answer == "张量 (Tensor)是多维数组，是标量、向量、矩阵的推广。"
+    assert structural_questions([chunk]) == [qa]  # the phrasing is fixed per chunk, not random
+
+
+def test_definition_phrasings_vary_across_chunks():
+    chunks = [Chunk(f"c{i}", "d", "* **张量 (Tensor):** 多维数组，是标量、向量、矩阵的推广。", "a.md") for i in range(30)]
+    assert len({qa.question for qa in structural_questions(chunks)}) > 2
 
 
 def test_refusal_is_skipped_when_a_distractor_mentions_the_subject():
@@ -143,6 +150,8 @@ def test_subject_of_template_questions():
     assert subject("偏差修正的作用是什么？") == "偏差修正的作用"
     assert subject("Adam 默认学习率是多少？") == "Adam 默认学习率"
     assert subject("为什么要缓存？") == ""
+    for template in _DEFINE_TEMPLATES:  # every phrasing the structural questions use
+        assert subject(template.format(x="张量 (Tensor)")) == "张量", template
 
 
 def test_window_keeps_the_answer_of_a_long_gold_chunk():
