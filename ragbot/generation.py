@@ -213,10 +213,40 @@ def degenerate(token_ids: Sequence[int], text_tail: str, ngram: int = 8, repeats
     return hits >= repeats
 
 
-def marker_token_ids(tokenizer) -> list[int]:
-    """Ids of the vocabulary tokens that begin (after spaces) with an opening citation bracket."""
+def marker_token_ids(tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """Vocabulary ids of tokens that open a citation marker (after spaces), that close one, and that open a
+    parenthesis: the three sets the generation constraints below need (one decoding pass over the vocabulary)."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return [i for i, text in enumerate(texts) if text.lstrip().startswith(("[", "【", "［"))]
+    opening = [i for i, t in enumerate(texts) if t.lstrip().startswith(("[", "【", "［"))]
+    closing = [i for i, t in enumerate(texts) if t.rstrip().endswith(("]", "】", "］"))]
+    paren = [i for i, t in enumerate(texts) if t.lstrip().startswith(("（", "("))]
+    return opening, closing, paren
+
+
+def no_paren_after_marker(closing: Sequence[int], paren: Sequence[int]):
+    """A logits processor: a token that closes a bracket is never followed by an opening parenthesis.
+
+    Small models copied a passage's header, "[2]（heading path）", into their answers; a real answer
+    cites "[2]" and goes on with text, so this forbids the copy without touching anything else.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class NoParenAfterMarker(LogitsProcessor):
+        def __init__(self) -> None:
+            self.closing = torch.tensor(sorted(closing), dtype=torch.long)
+            self.paren_mask: torch.Tensor | None = None
+
+        def __call__(self, input_ids, scores):
+            after_close = torch.isin(input_ids[:, -1], self.closing.to(input_ids.device))
+            if not bool(after_close.any()):
+                return scores
+            if self.paren_mask is None or self.paren_mask.shape[0] != scores.shape[-1]:
+                self.paren_mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+                self.paren_mask[[i for i in paren if i < scores.shape[-1]]] = True
+            return scores.masked_fill(after_close[:, None] & self.paren_mask[None, :], float("-inf"))
+
+    return NoParenAfterMarker()
 
 
 class HFChatModel:
@@ -227,6 +257,8 @@ class HFChatModel:
         self.spec, self.models_dir, self.adapter, self.precision = spec, models_dir, adapter, precision
         self.device, self.allow_downloads, self.num_threads = device, allow_downloads, num_threads
         self.lead_marker_ids: list[int] = []
+        self._closing_ids: list[int] = []
+        self._paren_ids: list[int] = []
         self.model = None
         self.tokenizer = None
         self._lock = threading.Lock()  # one generation at a time: the app serves several browser sessions
@@ -260,7 +292,7 @@ class HFChatModel:
         if precision == "int8" and device != "cpu":
             raise ConfigError(f"llm_precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on {device}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.lead_marker_ids = marker_token_ids(self.tokenizer)
+        self.lead_marker_ids, self._closing_ids, self._paren_ids = marker_token_ids(self.tokenizer)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if self.adapter:
@@ -302,6 +334,10 @@ class HFChatModel:
               # An answer never starts with a citation: the base model otherwise often copied a passage's
               # "[1]（heading）" line, or the prompt's "[1] 或 [2][3]", as its whole answer.
               "begin_suppress_tokens": self.lead_marker_ids or None}
+        if self._closing_ids and self._paren_ids:
+            from transformers import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([no_paren_after_marker(self._closing_ids, self._paren_ids)])
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=0.9)
         else:

@@ -128,3 +128,37 @@ def test_focus_picks_the_window_about_the_question():
     assert "LoRA 只训练低秩矩阵" in window and window.startswith("…")
     assert focus("短文本。", "任何问题", 40) == "短文本。"
     assert len(focus(text, "无关", 40).strip("…")) <= 40
+
+
+class _VocabTokenizer:
+    """Just enough of a tokenizer for marker_token_ids: a fixed vocabulary."""
+
+    VOCAB = ["答", " [", "[1", "]", "] ", "]（", "（", " (", "】", "资料", "(x", "a]"]
+
+    def __len__(self):
+        return len(self.VOCAB)
+
+    def batch_decode(self, ids):
+        return [self.VOCAB[i[0]] for i in ids]
+
+
+def test_marker_token_sets():
+    from ragbot.generation import marker_token_ids
+
+    opening, closing, paren = marker_token_ids(_VocabTokenizer())
+    names = lambda ids: {_VocabTokenizer.VOCAB[i] for i in ids}  # noqa: E731
+    assert names(opening) == {" [", "[1"}
+    assert names(closing) == {"]", "] ", "】", "a]"}
+    assert names(paren) == {"（", " (", "(x"}
+
+
+def test_no_paren_after_a_closing_bracket():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ragbot.generation import no_paren_after_marker
+
+    processor = no_paren_after_marker(closing=[3, 4], paren=[6, 7])
+    scores = torch.zeros(2, 12)
+    out = processor(torch.tensor([[0, 3], [0, 9]]), scores)  # row 0 just closed a marker, row 1 did not
+    assert torch.isinf(out[0, [6, 7]]).all() and torch.isfinite(out[0, [0, 1, 2, 5, 8, 9]]).all()
+    assert torch.isfinite(out[1]).all()
