@@ -47,7 +47,8 @@ BUILTIN: dict[str, Variant] = {
         Variant("no-rerank", "the default pipeline without the reranker stage", {"reranker": "none"}),
         Variant("llm-only", "the LLM alone, no retrieval",
                 {"prompt": "plain", "refusal_gate": False, "align_citations": False}, retrieval=False),
-        Variant("finetuned", "the default pipeline with the shipped LoRA adapter (ragbot finetune)",
+        Variant("finetuned",
+                "the default pipeline with the LoRA adapter in ragbot/assets/adapter (scripts/train_adapter.sh)",
                 {"adapter": str(SHIPPED_ADAPTER)}),
     )
 }
