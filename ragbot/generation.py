@@ -157,8 +157,8 @@ class CitationStreamFilter:
     ``feed`` returns what is safe to show now; ``flush`` returns the rest at the end.
     """
 
-    _OPEN = "[【［"
-    _CLOSE = "]】］"
+    OPEN = "[【［"
+    CLOSE = "]】］"
 
     def __init__(self, n_passages: int) -> None:
         self.n = n_passages
@@ -169,14 +169,14 @@ class CitationStreamFilter:
         for ch in delta:
             if self._pending:
                 self._pending += ch
-                if ch in self._CLOSE:
+                if ch in self.CLOSE:
                     out.append(clean_citations(self._pending, self.n).text if _MARKER.fullmatch(self._pending)
                                else self._pending)
                     self._pending = ""
                 elif len(self._pending) > 16 or ch == "\n":
                     out.append(self._pending)
                     self._pending = ""
-            elif ch in self._OPEN:
+            elif ch in self.OPEN:
                 self._pending = ch
             else:
                 out.append(ch)
@@ -217,8 +217,8 @@ def marker_token_ids(tokenizer) -> tuple[list[int], list[int], list[int]]:
     """Vocabulary ids of tokens that open a citation marker (after spaces), that close one, and that open a
     parenthesis: the three sets the generation constraints below need (one decoding pass over the vocabulary)."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    opening = [i for i, t in enumerate(texts) if t.lstrip().startswith(("[", "【", "［"))]
-    closing = [i for i, t in enumerate(texts) if t.rstrip().endswith(("]", "】", "］"))]
+    opening = [i for i, t in enumerate(texts) if t.lstrip().startswith(tuple(CitationStreamFilter.OPEN))]
+    closing = [i for i, t in enumerate(texts) if t.rstrip().endswith(tuple(CitationStreamFilter.CLOSE))]
     paren = [i for i, t in enumerate(texts) if t.lstrip().startswith(("（", "("))]
     return opening, closing, paren
 
@@ -257,8 +257,7 @@ class HFChatModel:
         self.spec, self.models_dir, self.adapter, self.precision = spec, models_dir, adapter, precision
         self.device, self.allow_downloads, self.num_threads = device, allow_downloads, num_threads
         self.lead_marker_ids: list[int] = []
-        self._closing_ids: list[int] = []
-        self._paren_ids: list[int] = []
+        self._no_paren = None  # logits processor, built with the tokenizer
         self.model = None
         self.tokenizer = None
         self._lock = threading.Lock()  # one generation at a time: the app serves several browser sessions
@@ -292,7 +291,8 @@ class HFChatModel:
         if precision == "int8" and device != "cpu":
             raise ConfigError(f"llm_precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on {device}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.lead_marker_ids, self._closing_ids, self._paren_ids = marker_token_ids(self.tokenizer)
+        self.lead_marker_ids, closing_ids, paren_ids = marker_token_ids(self.tokenizer)
+        self._no_paren = no_paren_after_marker(closing_ids, paren_ids)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if self.adapter:
@@ -315,6 +315,7 @@ class HFChatModel:
         return {k: v.to(self.model.device) for k, v in enc.items()}
 
     def _stopping(self, prompt_len: int):
+        import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tokenizer = self.tokenizer
@@ -323,8 +324,6 @@ class HFChatModel:
             def __call__(self, input_ids, scores, **kwargs):
                 done = [degenerate(row[prompt_len:].tolist(), tokenizer.decode(row[-24:], skip_special_tokens=True))
                         for row in input_ids]
-                import torch
-
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         return StoppingCriteriaList([StopOnDegeneration()])
@@ -334,10 +333,10 @@ class HFChatModel:
               # An answer never starts with a citation: the base model otherwise often copied a passage's
               # "[1]（heading）" line, or the prompt's "[1] 或 [2][3]", as its whole answer.
               "begin_suppress_tokens": self.lead_marker_ids or None}
-        if self._closing_ids and self._paren_ids:
+        if self._no_paren is not None:
             from transformers import LogitsProcessorList
 
-            kw["logits_processor"] = LogitsProcessorList([no_paren_after_marker(self._closing_ids, self._paren_ids)])
+            kw["logits_processor"] = LogitsProcessorList([self._no_paren])
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=0.9)
         else:

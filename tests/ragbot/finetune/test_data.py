@@ -48,14 +48,18 @@ def test_refusal_examples_withhold_gold_and_cite_nothing():
     assert not re.search(r"\[\d+\]", refusal[0].target)
 
 
+def _examples_with_second_hit(extra: Chunk):
+    """Examples for PAIR when retrieval ranks ``extra`` right after the gold chunk (refusal for every pair)."""
+
+    def retrieve(q, k):
+        return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, extra, *OTHERS][:k]]
+
+    return ExampleBuilder(retrieve, {**CHUNKS, extra.id: extra}, n_passages=4, refusal_ratio=1.0).run([PAIR])
+
+
 def test_distractors_that_also_answer_are_not_used():
     copy = Chunk("copy", "d", "重复：只训练低秩矩阵 A 和 B。", "dup.md")
-    chunks = {**CHUNKS, "copy": copy}
-
-    def retrieve_with_copy(q, k):
-        return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, copy, *OTHERS][:k]]
-
-    examples = ExampleBuilder(retrieve_with_copy, chunks, n_passages=4, refusal_ratio=1.0).run([PAIR])
+    examples = _examples_with_second_hit(copy)
     assert all(copy.text not in e.messages[-1]["content"] for e in examples)
 
 
@@ -133,13 +137,7 @@ def test_definition_phrasings_vary_across_chunks():
 
 def test_refusal_is_skipped_when_a_distractor_mentions_the_subject():
     other = Chunk("other", "d", "LoRA 的另一种说法：低秩适配。", "glossary.md")
-    chunks = {**CHUNKS, "other": other}
-
-    def retrieve_with_mention(q, k):
-        return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, other, *OTHERS][:k]]
-
-    examples = ExampleBuilder(retrieve_with_mention, chunks, n_passages=4, refusal_ratio=1.0).run([PAIR])
-    refusals = [e for e in examples if e.kind == "refusal"]
+    refusals = [e for e in _examples_with_second_hit(other) if e.kind == "refusal"]
     assert all("LoRA" not in e.messages[-1]["content"].split("问题：")[0] for e in refusals)
 
 
