@@ -32,22 +32,32 @@ GROUNDED_SYSTEM = (
 PLAIN_SYSTEM = "你是一个乐于助人的助手。"
 
 
-def focus(text: str, question: str, max_chars: int) -> str:
-    """The ``max_chars`` window of ``text`` that shares the most character bigrams with the question.
+def focus_start(text: str, query: str, max_chars: int) -> int:
+    """Where the ``max_chars`` window of ``text`` that shares the most character bigrams with ``query`` starts.
 
-    A shorter prompt is faster (prefill dominates on a CPU) and leaves a small model less to get lost
-    in; windows start and end at line or sentence breaks where one is near.
+    Windows start at line or sentence breaks; of equal windows the earliest wins.
     """
     if len(text) <= max_chars:
-        return text
-    q = {a + b for a, b in zip(question, question[1:]) if a.isalnum() and b.isalnum()}
+        return 0
+    q = {a + b for a, b in zip(query, query[1:]) if a.isalnum() and b.isalnum()}
     starts = [0] + [m.end() for m in re.finditer(r"[\n。！？；]", text) if m.end() < len(text) - max_chars // 3]
 
     def overlap(start: int) -> int:
         window = text[start:start + max_chars]
         return sum(1 for a, b in zip(window, window[1:]) if a + b in q)
 
-    best = max(starts, key=overlap)  # max() keeps the earliest of equal windows
+    return max(starts, key=overlap)
+
+
+def focus(text: str, question: str, max_chars: int) -> str:
+    """The ``max_chars`` window of ``text`` that shares the most character bigrams with the question.
+
+    A shorter prompt is faster (prefill dominates on a CPU) and leaves a small model less to get lost
+    in; "…" marks where the window cuts the text.
+    """
+    if len(text) <= max_chars:
+        return text
+    best = focus_start(text, question, max_chars)
     window = text[best:best + max_chars]
     return ("…" if best > 0 else "") + window.strip() + ("…" if best + max_chars < len(text) else "")
 
