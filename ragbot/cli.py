@@ -147,8 +147,9 @@ def cmd_finetune_data(args: argparse.Namespace) -> int:
 
         llm_chunks = 400 if resolve_device(settings.device) == "cuda" else 0
     card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=llm_chunks,
-                         seed=args.seed, n_passages=args.passages, window_chars=args.window,
-                         refusal_ratio=args.refusal_ratio, progress=tqdm_progress)
+                         seed=args.seed, n_passages=args.passages, refusal_ratio=args.refusal_ratio,
+                         max_questions=args.max_questions, max_method_share=args.max_method_share,
+                         combined_share=args.combined_share, progress=tqdm_progress)
     print(f"{card['examples']} examples {card['by_kind']} written to {args.out} (data card: data_card.md); "
           f"held-out questions checked: {', '.join(map(str, held_out)) or 'none'}")
     return 0
@@ -161,7 +162,7 @@ def cmd_finetune_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = TrainConfig(rank=args.rank, alpha=args.alpha, top_layers=args.top_layers, learning_rate=args.lr, epochs=args.epochs,
                          max_length=args.max_length, grad_accum=args.grad_accum, max_examples=args.max_examples,
-                         seed=args.seed)
+                         seed=args.seed, precision=args.precision, target_modules=tuple(args.target_modules.split(",")))
     base = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
     result = LoraTrainer(base, config, device=settings.device).run(Path(args.data), Path(args.out),
                                                                     resume=not args.no_resume)
@@ -211,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-chunks", type=int, default=None, help="chunks per index given to the LLM question writer "
                    "(default: 400 on a GPU, 0 on CPU: structure-derived questions only)")
     p.add_argument("--passages", type=int, default=5, help="passages per training example (gold + distractors)")
-    p.add_argument("--window", type=int, default=200, help="characters shown of each passage (0 = whole chunks)")
-    p.add_argument("--refusal-ratio", type=float, default=0.3, help="share of questions that also get a refusal example")
+    p.add_argument("--refusal-ratio", type=float, default=0.2, help="share of questions that also get a refusal example")
+    p.add_argument("--max-questions", type=int, default=0, help="at most this many questions in all (0 = all found)")
+    p.add_argument("--max-method-share", type=float, default=0.4,
+                   help="no question type (definition, field, list, ...) above this share of an index's questions")
+    p.add_argument("--combined-share", type=float, default=0.15,
+                   help="share of two-part questions (two facts of a chunk, or 'X 和 Y 有什么区别？')")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_finetune_data)
     p = ftsub.add_parser("train", help="train a LoRA adapter on the generated data (GPU when present)")
@@ -221,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--top-layers", type=int, default=12, help="LoRA in the last N decoder layers only (0 = all)")
+    p.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj",
+                   help="comma-separated linear layers that get LoRA (e.g. add gate_proj,up_proj,down_proj)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 on GPUs and on CPUs with bf16 instructions (AVX512-BF16/AMX), else fp32")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=1280, help="longest example in tokens (longer ones are skipped)")

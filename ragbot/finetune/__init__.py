@@ -22,12 +22,19 @@ MIN_CHUNK_CHARS = 80
 
 def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path, *, held_out_files: Sequence[Path],
                   max_llm_chunks: int = 400, seed: int = 0, batch_size: int = 8, n_passages: int = 5,
-                  refusal_ratio: float = 0.3, window_chars: int = 200, use_llm: bool = True, chat_model: Any = None, embedder: Any = None,
+                  refusal_ratio: float = 0.2, max_questions: int = 0, max_method_share: float = 0.4,
+                  combined_share: float = 0.15, use_llm: bool = True, chat_model: Any = None, embedder: Any = None,
                   progress: Callable[..., Any] | None = None) -> dict[str, Any]:
-    """Write ``questions.jsonl``, ``train.jsonl`` and a data card to ``out_dir``; return the card."""
+    """Write ``questions.jsonl``, ``train.jsonl`` and a data card to ``out_dir``; return the card.
+
+    Per index: questions from the chunks' structure (and the LLM writer when ``max_llm_chunks``), plus
+    ``combined_share`` of two-part questions; no question type above ``max_method_share`` of the index's
+    questions; near-duplicates of held-out questions dropped; at most ``max_questions`` in all (0 = no cap),
+    shared out over the indexes by their size.
+    """
     from ragbot.evaluation.runner import load_qa
     from ragbot.finetune.data import ExampleBuilder, near_duplicates
-    from ragbot.finetune.questions import QuestionWriter, section_questions, sentence_questions, structural_questions
+    from ragbot.finetune.questions import QuestionWriter, StructureQuestions, combine
     from ragbot.generation import HFChatModel
     from ragbot.pipeline import RagPipeline
 
@@ -39,16 +46,19 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
     use_llm = use_llm and max_llm_chunks > 0
     chat_model = chat_model or (HFChatModel.from_settings(settings) if use_llm else None)
     card: dict[str, Any] = {"seed": seed, "sources": {}, "filters": {}, "held_out_files": [str(f) for f in held_out_files]}
-    examples, all_pairs = [], []
+    pipes = []
     for index_path in index_paths:
-        s = settings.replace(index_dir=Path(index_path))
-        pipe = RagPipeline.from_settings(s, with_llm=False, embedder=embedder)
+        pipe = RagPipeline.from_settings(settings.replace(index_dir=Path(index_path)), with_llm=False, embedder=embedder)
         pipe.warm_up()
         embedder = pipe.embedder  # share the loaded model between indexes
+        pipes.append(pipe)
+    sizes = [len(p.store.chunks) for p in pipes]
+    examples, all_pairs = [], []
+    for index_path, pipe, size in zip(index_paths, pipes, sizes):
         chunks = sorted((c for c in pipe.store.chunks.values() if len(c.text) >= MIN_CHUNK_CHARS), key=lambda c: c.id)
-        pairs = structural_questions(chunks) + sentence_questions(chunks) + section_questions(chunks)
+        pairs = StructureQuestions().run(chunks)
         rejected: dict[str, int] = {}
-        if use_llm and chat_model is not None and max_llm_chunks > 0:
+        if use_llm and chat_model is not None:
             sample = rng.sample(chunks, min(max_llm_chunks, len(chunks)))
             writer = QuestionWriter(chat_model.generate_batch, batch_size=batch_size, progress=progress)
             llm_pairs, rejected = writer.run(sample)
@@ -56,20 +66,26 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         # one question per text: duplicates (e.g. a term defined twice) would be over-weighted
         seen: set[str] = set()
         pairs = [p for p in pairs if not (p.question in seen or seen.add(p.question))]
+        found = dict(Counter(p.method for p in pairs))
+        pairs = balance(pairs, rng, max_method_share)
+        n_combined = round(len(pairs) * combined_share / 2)
+        pairs += combine(pairs, rng, compound=n_combined, comparisons=n_combined)
+        if max_questions:
+            pairs = rng.sample(pairs, min(len(pairs), round(max_questions * size / sum(sizes))))
         dups = near_duplicates([p.question for p in pairs], held_out)
         kept = [p for i, p in enumerate(pairs) if i not in dups]
         builder = ExampleBuilder(lambda q, k, pipe=pipe: pipe.retrieve(q, k).final, pipe.store.chunks, n_passages=n_passages,
-                                 refusal_ratio=refusal_ratio, max_passage_chars=s.max_passage_chars,
-                                 window_chars=window_chars,
+                                 refusal_ratio=refusal_ratio, max_passage_chars=settings.max_passage_chars,
                                  seed=rng.randrange(1 << 30))
         built = builder.run(kept)
         examples += built
         all_pairs += kept
         card["sources"][str(index_path)] = {
-            "files": sorted({c.source for c in chunks}), "chunks": len(chunks),
-            "pairs_by_method": dict(Counter(p.method for p in pairs)), "kept_pairs": len(kept),
+            "files": sorted({c.source for c in chunks}), "chunks": len(chunks), "pairs_found_by_method": found,
+            "pairs_by_method": dict(Counter(p.method for p in kept)), "kept_pairs": len(kept),
             "examples": dict(builder.stats)}
         card["filters"][str(index_path)] = {"llm_pair_rejections": rejected, "near_duplicates_of_held_out": len(dups),
+                                            "max_jaccard_to_held_out": round(max_jaccard([p.question for p in kept], held_out), 3),
                                             "near_duplicate_examples": [
                                                 {"generated": pairs[i].question, "held_out": h, "jaccard": round(j, 3)}
                                                 for i, (h, j) in list(dups.items())[:10]]}
@@ -84,20 +100,65 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
         "examples": len(examples), "by_kind": dict(Counter(e.kind for e in examples)),
         "by_method": dict(Counter(e.method for e in examples)),
         "gold_position_counts": dict(sorted(Counter(e.gold_position for e in examples if e.gold_position).items())),
-        "n_passages": n_passages, "window_chars": window_chars, "refusal_ratio": refusal_ratio, "near_duplicate_rule": "char 5-gram Jaccard >= 0.5",
+        "n_passages": n_passages, "max_passage_chars": settings.max_passage_chars, "refusal_ratio": refusal_ratio,
+        "max_method_share": max_method_share, "combined_share": combined_share, "max_questions": max_questions,
+        "near_duplicate_rule": "char 5-gram Jaccard >= 0.5",
         "max_llm_chunks_per_index": max_llm_chunks if use_llm else 0, "seconds": round(time.perf_counter() - start, 1),
-        "example_rows": [{"question": e.question, "target": e.target, "kind": e.kind, "source": e.source}
-                         for e in examples[:8]],
+        "example_rows": _example_rows(examples, index_paths[0] if index_paths else None, card),
     })
     (out_dir / "data_card.json").write_text(json.dumps(card, ensure_ascii=False, indent=1), encoding="utf-8")
     (out_dir / "data_card.md").write_text(_card_markdown(card), encoding="utf-8")
     return card
 
 
+def balance(pairs: list[Any], rng: random.Random, max_share: float) -> list[Any]:
+    """A random subset in which no method has more than ``max_share`` of the pairs (a glossary yields hundreds
+    of definitions): each method keeps at most ``cap`` pairs, the largest cap for which that holds. Where no
+    cap can satisfy it (fewer than ``1 / max_share`` methods), every pair is kept."""
+    groups: dict[str, list[Any]] = {}
+    for p in pairs:
+        groups.setdefault(p.method, []).append(p)
+    sizes = [len(g) for g in groups.values()]
+    if not sizes or max_share * len(sizes) < 1:
+        return list(pairs)
+
+    def fits(cap: int) -> bool:
+        return cap <= max_share * sum(min(n, cap) for n in sizes)
+
+    lo, hi = 1, max(sizes)  # fits() holds on [1, c*] and fails above: find c*
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return [p for m in sorted(groups) for p in (groups[m] if len(groups[m]) <= lo else rng.sample(groups[m], lo))]
+
+
+def max_jaccard(questions: Sequence[str], held_out: Sequence[str]) -> float:
+    """The highest char 5-gram Jaccard between any generated and any held-out question (reported in the card)."""
+    from ragbot.finetune.data import char_ngrams, jaccard
+
+    held = [char_ngrams(h) for h in held_out]
+    return max((jaccard(char_ngrams(q), h) for q in questions for h in held), default=0.0)
+
+
+def _example_rows(examples: Sequence[Any], first_index: Path | None, card: dict[str, Any]) -> list[dict[str, Any]]:
+    """A few rows to show in the card, drawn from the first index's files only (the bundled corpus when
+    the recipe runs as documented), so a shipped card quotes no text from other corpora."""
+    files = set(card["sources"].get(str(first_index), {}).get("files", [])) if first_index is not None else set()
+    rows = [e for e in examples if e.source in files] or list(examples)
+    picked = []
+    for kind in ("answer", "refusal"):
+        picked += [e for e in rows if e.kind == kind][: 6 if kind == "answer" else 2]
+    return [{"question": e.question, "target": e.target, "kind": e.kind, "method": e.method, "source": e.source}
+            for e in picked]
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     lines = ["# Fine-tuning data card", "",
              f"- examples: {card['examples']} ({card['by_kind']}), by question source: {card['by_method']}",
-             f"- passages per example: {card['n_passages']}; refusal examples for ~{card['refusal_ratio']:.0%} of questions",
+             f"- passages per example: {card['n_passages']} (each at most {card['max_passage_chars']} characters, as at inference); "
+             f"refusal examples for ~{card['refusal_ratio']:.0%} of single-part questions",
+             f"- no question type above {card['max_method_share']:.0%} of an index's questions; "
+             f"{card['combined_share']:.0%} two-part questions; at most {card['max_questions'] or 'all'} questions",
              f"- gold passage positions: {card['gold_position_counts']}",
              f"- held-out question files (near-duplicates dropped, {card['near_duplicate_rule']}): "
              + ", ".join(card["held_out_files"]),
@@ -105,7 +166,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
     for src, info in card["sources"].items():
         lines.append(f"- `{src}`: {len(info['files'])} files, {info['chunks']} chunks, pairs {info['pairs_by_method']}, "
                      f"kept {info['kept_pairs']}, examples {info['examples']}; filters {card['filters'][src]['llm_pair_rejections']}, "
-                     f"near-duplicates dropped {card['filters'][src]['near_duplicates_of_held_out']}")
+                     f"near-duplicates dropped {card['filters'][src]['near_duplicates_of_held_out']}, "
+                     f"max Jaccard to a held-out question {card['filters'][src]['max_jaccard_to_held_out']}")
     lines += ["", "## Example rows", ""]
     lines += [f"- **{r['question']}** → {r['target']} ({r['kind']}, {r['source']})" for r in card["example_rows"]]
     return "\n".join(lines) + "\n"

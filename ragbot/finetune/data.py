@@ -3,7 +3,8 @@
 For each synthetic (question, answer, gold chunk):
 
 * an *answer* example: the gold chunk among distractor chunks retrieved for the question, in a
-  random position, and the target ``answer [k]`` citing the gold passage number k;
+  random position, and the target ``answer [k]`` citing the gold passage number k (a question answered
+  by two statements or chunks gets ``A [i]；B [j]。``, each gold chunk in its own random position);
 * with probability ``refusal_ratio``, a *refusal* example: the same question with the gold chunk
   (and any passage that supports the answer) withheld, and the target ``资料中没有相关信息``.
 
@@ -19,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ragbot.finetune.questions import SyntheticQA, support
-from ragbot.generation import build_messages
+from ragbot.finetune.questions import SyntheticQA, question_subject, support
+from ragbot.generation import build_messages, focus_start
 from ragbot.grounding import key_terms
 from ragbot.settings import REFUSAL
 from ragbot.types import Chunk, ScoredChunk
@@ -67,11 +68,29 @@ def _squash(text: str) -> str:
     return re.sub(r"[\s\-_*`]+", "", text.lower())
 
 
-def subject(question: str) -> str:
-    """What a template question asks about: "什么是X？" → X, "X是多少？" → X (empty when unknown)."""
-    m = (re.match(r"^(?:什么是|请解释一下|简单介绍一下)(.+?)[？?。]$", question)
-         or re.match(r"^(.+?)(?:是什么|用于什么|是多少|指的是什么)[？?]$", question))
-    return re.sub(r"\s*[（(].*?[)）]\s*", "", m.group(1)).strip() if m else ""
+def subjects(pair: SyntheticQA) -> list[str]:
+    """What the question asks about, in forms to look for in a passage: the writer's subject (with and without
+    its parenthesis, and what the parenthesis holds), the subject of a template question, and Latin key terms."""
+    found = [pair.subject, question_subject(pair.question), *key_terms(pair.question)]
+    out = []
+    for s in found:
+        out += [s, re.sub(r"\s*[（(].*?[)）]\s*", "", s), *re.findall(r"[（(]([^)）]+)[)）]", s)]
+    return [t for t in dict.fromkeys(_squash(x) for x in out) if len(t) >= 2]
+
+
+def answer_start(text: str, answer: str, size: int) -> int:
+    """Where a ``size``-character window of ``text`` that holds ``answer`` should start: a little before the first
+    place where a clause of the answer (or the longest tail of one: "X指…" adds the term) occurs verbatim."""
+    found = []
+    for clause in re.split(r"[，。；：！？,;:!?]+", re.sub(r"\s*\[\d+\]", "", answer)):
+        for i in range(max(0, len(clause.strip()) - 3)):
+            at = text.find(clause.strip()[i:])
+            if at >= 0:
+                found.append(at)
+                break
+    if not found:
+        return focus_start(text, answer, size)
+    return max(0, min(min(found) - size // 10, len(text) - size))
 
 
 def cite(answer: str, n: int) -> str:
@@ -81,16 +100,26 @@ def cite(answer: str, n: int) -> str:
     return f"{body} [{n}]{answer[len(body):] or '。'}"
 
 
+def cite_parts(parts: Sequence[tuple[str, int]]) -> str:
+    """Several cited statements as one answer: ``A [1]；B [3]。``."""
+    cited = [cite(text, n) for text, n in parts]
+    return "；".join(c.rstrip("。！？；.!?") for c in cited[:-1]) + ("；" if len(cited) > 1 else "") + cited[-1]
+
+
 @dataclass
 class ExampleBuilder:
-    """Turns synthetic pairs into training examples; ``retrieve(question, k)`` supplies hard distractors."""
+    """Turns synthetic pairs into training examples; ``retrieve(question, k)`` supplies hard distractors.
+
+    Passages are shown exactly as the generator shows them (``build_messages``, each focused on the
+    question in ``max_passage_chars``), except that a long gold chunk whose question-focused window
+    misses the answer is cut to the window that holds it: the example must contain its answer.
+    """
 
     retrieve: Callable[[str, int], Sequence[ScoredChunk]]
     chunks: dict[str, Chunk]
     n_passages: int = 4
     refusal_ratio: float = 0.25
     max_passage_chars: int = 600
-    window_chars: int = 0  # 0 = whole chunks
     seed: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -98,44 +127,47 @@ class ExampleBuilder:
         rng = random.Random(self.seed)
         examples = []
         for pair in pairs:
-            gold = self.chunks.get(pair.chunk_id)
-            if gold is None:
+            parts = [(pair.answer, pair.chunk_id), *pair.also]
+            gold_ids = list(dict.fromkeys(cid for _, cid in parts))
+            golds = [self.chunks.get(cid) for cid in gold_ids]
+            if any(g is None for g in golds) or len(gold_ids) > self.n_passages:
                 self._count("gold_missing")
                 continue
             # distractors: retrieved for this question, minus anything that would also answer it
-            candidates = [h for h in self.retrieve(pair.question, self.n_passages * 4) if h.chunk.id != gold.id]
-            distractors = [h for h in candidates if support(pair.answer, h.chunk.text) < 0.6]
+            candidates = [h for h in self.retrieve(pair.question, self.n_passages * 4) if h.chunk.id not in gold_ids]
+            distractors = [h for h in candidates if max(support(text, h.chunk.text) for text, _ in parts) < 0.6]
             if len(distractors) < self.n_passages:
                 self._count("too_few_distractors")
                 continue
-            k = rng.randint(1, self.n_passages)
-            passages = [self._window(h.chunk, "") for h in distractors[: self.n_passages - 1]]
-            passages.insert(k - 1, self._window(gold, pair.answer))
-            examples.append(self._example(pair, passages, cite(pair.answer, k), "answer", k))
-            if rng.random() < self.refusal_ratio:
-                # a refusal is only right if no passage mentions what the question asks about
-                subjects = [_squash(t) for t in [*key_terms(pair.question), subject(pair.question)] if t]
-                silent = [h for h in distractors if not any(t in _squash(h.chunk.text) for t in subjects)]
-                if len(silent) < self.n_passages:
-                    self._count("refusal_skipped_topic_present")
-                    continue
-                withheld = [self._window(h.chunk, "") for h in silent[: self.n_passages]]
-                rng.shuffle(withheld)
-                examples.append(self._example(pair, withheld, REFUSAL, "refusal", None))
+            at = dict(zip(gold_ids, rng.sample(range(1, self.n_passages + 1), len(gold_ids))))
+            passages = [self._show(h.chunk) for h in distractors[: self.n_passages - len(gold_ids)]]
+            for cid, gold in sorted(zip(gold_ids, golds), key=lambda x: at[x[0]]):
+                answer = " ".join(text for text, c in parts if c == cid)
+                passages.insert(at[cid] - 1, self._show(gold, pair.question, answer))
+            target = cite_parts([(text, at[cid]) for text, cid in parts])
+            examples.append(self._example(pair, passages, target, "answer", at[pair.chunk_id]))
+            if pair.also or rng.random() >= self.refusal_ratio:
+                continue
+            # a refusal is only right if no passage mentions what the question asks about
+            terms = subjects(pair)
+            silent = [h for h in distractors if not any(t in _squash(h.chunk.text) for t in terms)]
+            if not terms or len(silent) < self.n_passages:
+                self._count("refusal_skipped_topic_present")
+                continue
+            withheld = [self._show(h.chunk) for h in silent[: self.n_passages]]
+            rng.shuffle(withheld)
+            examples.append(self._example(pair, withheld, REFUSAL, "refusal", None))
         return examples
 
-    def _window(self, chunk: Chunk, answer: str) -> ScoredChunk:
-        """At most ``window_chars`` of the chunk, placed to include the answer when it is quoted from it.
-
-        Training cost grows with prompt length (a CPU step on ~650 tokens took ~15 s); a window keeps
-        examples short while the gold passage still holds its answer.
-        """
-        text = chunk.text
-        if self.window_chars and len(text) > self.window_chars:
-            core = re.sub(r"\s*\[\d+\]", "", answer).strip().rstrip("。；")[:60]
-            at = text.find(core) if core else -1
-            start = max(0, min(at - self.window_chars // 4, len(text) - self.window_chars)) if at >= 0 else 0
-            text = text[start:start + self.window_chars]
+    def _show(self, chunk: Chunk, question: str = "", answer: str = "") -> ScoredChunk:
+        """The chunk as a passage; a gold chunk is cut to the window holding its answer where the prompt's
+        question-focused window would miss it."""
+        text, size = chunk.text, self.max_passage_chars
+        if answer and len(text) > size:
+            shown = text[focus_start(text, question, size):][:size]
+            if support(answer, shown) < support(answer, text):  # the question's window cuts into the answer
+                start = answer_start(text, answer, size)
+                text = text[start:start + size]
         return ScoredChunk(replace(chunk, text=text), 1.0, "gold" if answer else "distractor")
 
     def _example(self, pair: SyntheticQA, passages: list[ScoredChunk], target: str, kind: str,

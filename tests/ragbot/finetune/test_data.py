@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from ragbot.finetune.data import ExampleBuilder, char_ngrams, cite, jaccard, near_duplicates
-from ragbot.finetune.questions import _DEFINE_TEMPLATES, SyntheticQA, acceptable, parse_qa, structural_questions, support
+from ragbot.finetune.data import ExampleBuilder, char_ngrams, cite, cite_parts, jaccard, near_duplicates, subjects
+from ragbot.finetune.questions import SyntheticQA, acceptable, parse_qa, support
 from ragbot.finetune.train import TrainConfig, _split, encode_example
 from ragbot.errors import ConfigError
 from ragbot.settings import REFUSAL
@@ -122,42 +122,52 @@ def test_parse_and_filter_generated_pairs():
     assert support("低秩矩阵", text) == 1.0
 
 
-def test_structural_questions_from_definition_lines():
-    chunk = Chunk("c", "d", "* **张量 (Tensor):** 多维数组，是标量、向量、矩阵的推广。\n* **目的**：说明用途的标签。", "a.md")
-    (qa,) = structural_questions([chunk])
-    phrasings = {t.format(x="张量 (Tensor)") for t in _DEFINE_TEMPLATES}
-    assert qa.question in phrasings and qa.answer == "张量 (Tensor)是多维数组，是标量、向量、矩阵的推广。"
-    assert structural_questions([chunk]) == [qa]  # the phrasing is fixed per chunk, not random
-
-
-def test_definition_phrasings_vary_across_chunks():
-    chunks = [Chunk(f"c{i}", "d", "* **张量 (Tensor):** 多维数组，是标量、向量、矩阵的推广。", "a.md") for i in range(30)]
-    assert len({qa.question for qa in structural_questions(chunks)}) > 2
-
-
 def test_refusal_is_skipped_when_a_distractor_mentions_the_subject():
     other = Chunk("other", "d", "LoRA 的另一种说法：低秩适配。", "glossary.md")
     refusals = [e for e in _examples_with_second_hit(other) if e.kind == "refusal"]
     assert all("LoRA" not in e.messages[-1]["content"].split("问题：")[0] for e in refusals)
 
 
-def test_subject_of_template_questions():
-    from ragbot.finetune.data import subject
-
-    assert subject("什么是张量 (Tensor)？") == "张量"
-    assert subject("偏差修正的作用是什么？") == "偏差修正的作用"
-    assert subject("Adam 默认学习率是多少？") == "Adam 默认学习率"
-    assert subject("为什么要缓存？") == ""
-    for template in _DEFINE_TEMPLATES:  # every phrasing the structural questions use
-        assert subject(template.format(x="张量 (Tensor)")) == "张量", template
+def test_subjects_name_the_term_in_every_form():
+    pair = SyntheticQA("Vector Database有什么作用？", "存储向量。", "c", "a.md", "field", "向量数据库（Vector Database）")
+    assert set(subjects(pair)) >= {"向量数据库（vectordatabase）", "向量数据库", "vectordatabase"}
+    template = SyntheticQA("什么是张量 (Tensor)？", "多维数组。", "c", "a.md", "llm")
+    assert "张量" in subjects(template) and "tensor" in subjects(template)
 
 
 def test_window_keeps_the_answer_of_a_long_gold_chunk():
     long_gold = Chunk("gold", "d", "无关的开头。" * 40 + "LoRA 只训练低秩矩阵 A 和 B。" + "无关的结尾。" * 40, "lora.md")
     chunks = {**CHUNKS, "gold": long_gold}
     pair = SyntheticQA("LoRA 训练哪些矩阵？", "LoRA 只训练低秩矩阵 A 和 B。", "gold", "lora.md", "llm")
-    (ex,) = ExampleBuilder(retrieve, chunks, n_passages=3, refusal_ratio=0.0, window_chars=100).run([pair])
+    (ex,) = ExampleBuilder(retrieve, chunks, n_passages=3, refusal_ratio=0.0, max_passage_chars=100).run([pair])
     passages = dict(passage_texts(ex.messages[-1]["content"]))
     gold_text = passages[str(ex.gold_position)]
     assert "LoRA 只训练低秩矩阵 A 和 B。" in gold_text and len(gold_text) == 100
-    assert all(len(t) <= 100 for t in passages.values())
+    assert all(len(t) <= 102 for t in passages.values())  # 100 characters, "…" where a window cuts the text
+
+
+def test_short_gold_chunks_are_shown_whole():
+    (ex,) = ExampleBuilder(retrieve, CHUNKS, n_passages=3, refusal_ratio=0.0, max_passage_chars=300).run([PAIR])
+    assert dict(passage_texts(ex.messages[-1]["content"]))[str(ex.gold_position)] == GOLD.text
+
+
+SECOND = Chunk("second", "d", "QLoRA 把基础模型量化为 4 位 NF4，再在其上训练 LoRA。", "qlora.md")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_part_answers_cite_each_gold_passage_where_it_stands(seed):
+    def retrieve2(question, k):
+        return [ScoredChunk(c, 1.0, "fused") for c in [GOLD, SECOND, *OTHERS][:k]]
+
+    pair = SyntheticQA("LoRA 和 QLoRA 有什么区别？", "LoRA 只训练低秩矩阵 A 和 B。", "gold", "lora.md", "comparison",
+                       "LoRA", (("QLoRA 把基础模型量化为 4 位 NF4。", "second"),))
+    (ex,) = ExampleBuilder(retrieve2, {**CHUNKS, "second": SECOND}, n_passages=4, refusal_ratio=1.0, seed=seed).run([pair])
+    passages = {text: int(n) for n, text in passage_texts(ex.messages[-1]["content"])}
+    i, j = passages[GOLD.text], passages[SECOND.text]
+    assert len(passages) == 4 and i != j and ex.gold_position == i
+    assert ex.target == f"LoRA 只训练低秩矩阵 A 和 B [{i}]；QLoRA 把基础模型量化为 4 位 NF4 [{j}]。"
+
+
+def test_cite_parts_joins_cited_statements():
+    assert cite_parts([("甲。", 1)]) == "甲 [1]。"
+    assert cite_parts([("甲。", 1), ("乙", 3), ("丙！", 2)]) == "甲 [1]；乙 [3]；丙 [2]！"
