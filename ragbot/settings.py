@@ -124,7 +124,8 @@ class Settings:
                 raise ConfigError(f"config file {path} does not exist; create it or unset RAGBOT_CONFIG") from None
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-            values.update(data.get("ragbot", data))
+            # settings live under [ragbot] or at the top level; [variants.*] tables are read by ragbot.variants
+            values.update(data.get("ragbot", {k: v for k, v in data.items() if k != "variants"}))
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             raw = env.get(f"RAGBOT_{f.name.upper()}")

@@ -48,3 +48,10 @@ def test_replace_validates():
     assert s.replace(top_k=3).top_k == 3
     with pytest.raises(ConfigError, match="unknown setting"):
         s.replace(nope=1)
+
+
+def test_a_file_with_only_variant_tables_loads(tmp_path):
+    # the README's example: a ragbot.toml holding nothing but [variants.*]
+    path = tmp_path / "ragbot.toml"
+    path.write_text('top_k = 7\n[variants.top8]\ntop_k = 8\ndescription = "eight passages"\n', encoding="utf-8")
+    assert Settings.load(path, env={}).top_k == 7
