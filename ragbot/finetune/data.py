@@ -2,9 +2,9 @@
 
 For each synthetic (question, answer, gold chunk):
 
-* an *answer* example: the gold chunk among distractor chunks retrieved for the question, in a
-  random position, and the target ``answer [k]`` citing the gold passage number k (a question answered
-  by two statements or chunks gets ``A [i]；B [j]。``, each gold chunk in its own random position);
+* an *answer* example: the gold chunk among distractor chunks retrieved for the question, at the rank
+  retrieval gives it (or a random position: ``positions``), and the target ``answer [k]`` citing the gold
+  passage number k (a question answered by two statements or chunks gets ``A [i]；B [j]。``);
 * with probability ``refusal_ratio``, a *refusal* example: the same question with the gold chunk
   (and any passage that supports the answer) withheld, and the target ``资料中没有相关信息``.
 
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ragbot.errors import ConfigError
 from ragbot.finetune.questions import SyntheticQA, question_subject, support
 from ragbot.generation import build_messages, focus_start
 from ragbot.grounding import key_terms
@@ -120,8 +121,13 @@ class ExampleBuilder:
     n_passages: int = 4
     refusal_ratio: float = 0.25
     max_passage_chars: int = 600
+    positions: str = "retrieved"  # where gold passages stand: "retrieved" (their retrieval rank) or "random"
     seed: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("retrieved", "random"):
+            raise ConfigError(f"positions ({self.positions!r}) must be 'retrieved' or 'random'")
 
     def run(self, pairs: Sequence[SyntheticQA]) -> list[TrainingExample]:
         rng = random.Random(self.seed)
@@ -134,12 +140,13 @@ class ExampleBuilder:
                 self._count("gold_missing")
                 continue
             # distractors: retrieved for this question, minus anything that would also answer it
-            candidates = [h for h in self.retrieve(pair.question, self.n_passages * 4) if h.chunk.id not in gold_ids]
+            ranked = list(self.retrieve(pair.question, self.n_passages * 4))
+            candidates = [h for h in ranked if h.chunk.id not in gold_ids]
             distractors = [h for h in candidates if max(support(text, h.chunk.text) for text, _ in parts) < 0.6]
             if len(distractors) < self.n_passages:
                 self._count("too_few_distractors")
                 continue
-            at = dict(zip(gold_ids, rng.sample(range(1, self.n_passages + 1), len(gold_ids))))
+            at = self._positions(gold_ids, ranked, distractors, rng)
             passages = [self._show(h.chunk) for h in distractors[: self.n_passages - len(gold_ids)]]
             for cid, gold in sorted(zip(gold_ids, golds), key=lambda x: at[x[0]]):
                 answer = " ".join(text for text, c in parts if c == cid)
@@ -158,6 +165,25 @@ class ExampleBuilder:
             rng.shuffle(withheld)
             examples.append(self._example(pair, withheld, REFUSAL, "refusal", None))
         return examples
+
+    def _positions(self, gold_ids: list[str], ranked: Sequence[ScoredChunk], distractors: Sequence[ScoredChunk],
+                   rng: random.Random) -> dict[str, int]:
+        """1-based passage number of each gold chunk.
+
+        ``"retrieved"``: where retrieval ranks it among the passages the prompt would show (the answering
+        distractors left out), so the model learns the retriever's real prior (a gold chunk is first ~70% of
+        the time); a gold chunk retrieval misses goes to a random free place. ``"random"``: anywhere.
+        """
+        n = self.n_passages
+        free = list(range(1, n + 1))
+        at: dict[str, int] = {}
+        if self.positions == "retrieved":
+            allowed = {h.chunk.id for h in distractors} | set(gold_ids)
+            shown = [h.chunk.id for h in ranked if h.chunk.id in allowed][:n]
+            at = {cid: shown.index(cid) + 1 for cid in gold_ids if cid in shown}
+            free = [k for k in free if k not in at.values()]
+        missing = [cid for cid in gold_ids if cid not in at]
+        return {**at, **dict(zip(missing, rng.sample(free, len(missing))))}
 
     def _show(self, chunk: Chunk, question: str = "", answer: str = "") -> ScoredChunk:
         """The chunk as a passage; a gold chunk is cut to the window holding its answer where the prompt's

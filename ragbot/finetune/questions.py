@@ -152,6 +152,19 @@ def first_sentence(text: str, max_chars: int = 120) -> str:
     return sentence.strip()
 
 
+def lead(text: str, max_chars: int = 150, min_chars: int = 60) -> str:
+    """The first sentence, followed by the next ones while the answer is shorter than ``min_chars`` and stays
+    within ``max_chars``: a grounded answer should say as much as a good reference answer (~80 characters)."""
+    out = first_sentence(text, max_chars)
+    rest = plain(text)[len(out):] if out and plain(text).startswith(out) else ""
+    while out and len(out) < min_chars and rest:
+        nxt = first_sentence(rest, max_chars)
+        if not nxt or len(out) + len(nxt) > max_chars or not re.search(r"[。！？]$", nxt):
+            break
+        out, rest = out + nxt, rest[len(nxt):].lstrip()
+    return out
+
+
 def topic_of(heading: str) -> str:
     """A heading without its numbering ("3.1 预训练任务" → "预训练任务", "附录C：Hugging Face 生态" → "Hugging Face 生态")."""
     return plain(_HEADING_NUMBER.sub("", heading)).strip(" ：:")
@@ -249,7 +262,7 @@ class StructureQuestions:
 
     per_chunk: int = 5
     min_cjk: float = 0.3  # chunks that are mostly English (the corpus has translations) give no questions
-    max_answer_chars: int = 120
+    max_answer_chars: int = 150
 
     def run(self, chunks: Iterable[Chunk]) -> list[SyntheticQA]:
         out: list[SyntheticQA] = []
@@ -286,7 +299,7 @@ class StructureQuestions:
                     or _CAPTION_VERB.match(label)):
                 continue
             body = m.group("rest").strip() or (lines[i + 1].strip() if i + 1 < len(lines) else "")
-            body = first_sentence(body, self.max_answer_chars)
+            body = lead(body, self.max_answer_chars)
             if len(body) < 4 or not _CJK.search(body) or body.startswith(("```", "|", "见")):
                 continue
             forms = term_forms(label)
@@ -356,7 +369,8 @@ class StructureQuestions:
     def sentences(self, chunk: Chunk, per_chunk: int = 2) -> list[SyntheticQA]:
         """Declarative sentences ("X 是 Y" → "X是什么？", "X 为 0.9" → "X是多少？"); the sentence is the answer."""
         out = []
-        for raw in _SENTENCE_END.split(chunk.text):
+        pieces = [p for p in _SENTENCE_END.split(chunk.text) if p and p.strip()]
+        for i, raw in enumerate(pieces):
             sentence = plain(raw)
             if not 10 <= len(sentence) <= self.max_answer_chars or "```" in raw or "|" in sentence:
                 continue
@@ -368,6 +382,9 @@ class StructureQuestions:
                     topic = self._topic(chunk)
                     if len(x) <= 5 and not re.search(r"[A-Za-z]{2,}", x) and topic and x not in topic:
                         question = f"{topic}中，{question}"  # "常用范围是什么？" needs its context
+                    nxt = plain(pieces[i + 1]) if i + 1 < len(pieces) and "```" not in pieces[i + 1] else ""
+                    if len(sentence) < 60 and nxt.endswith("。") and len(sentence) + len(nxt) <= self.max_answer_chars:
+                        sentence += nxt  # a short statement with the sentence that explains it
                     out.append(self._qa(chunk, question, sentence, "sentence", x))
                     break
             if len(out) >= per_chunk:
@@ -382,7 +399,7 @@ class StructureQuestions:
         body = [ln for ln in chunk.text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "```", "|", "*", "-"))]
         if not body or _BOLD_LINE.match(body[0]):
             return []
-        answer = first_sentence(body[0], self.max_answer_chars)
+        answer = lead(body[0], self.max_answer_chars)
         if len(answer) < 15 or support(topic, answer) < 0.3:
             return []  # the opening sentence is not about the heading
         templates = ("介绍一下{x}。", "{x}是什么？", "{x}讲的是什么？", "关于{x}有什么要点？")
@@ -440,7 +457,7 @@ def question_subject(question: str) -> str:
 def _field_body(rest: str, following: Sequence[str], max_chars: int, formula: bool = False) -> str:
     """A field's content: the rest of its line, else the code or list lines that follow it."""
     if plain(rest):
-        return first_sentence(rest, max_chars) or plain(rest)[:max_chars]
+        return lead(rest, max_chars) or plain(rest)[:max_chars]
     block: list[str] = []
     in_code = False
     for line in following:

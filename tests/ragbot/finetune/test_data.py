@@ -25,7 +25,7 @@ def passage_texts(user_message):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_gold_passage_number_is_right_after_shuffling(seed):
-    examples = ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=0.0, seed=seed).run([PAIR])
+    examples = ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=0.0, positions="random", seed=seed).run([PAIR])
     (ex,) = examples
     passages = dict(passage_texts(ex.messages[-1]["content"]))
     assert len(passages) == 4
@@ -35,8 +35,32 @@ def test_gold_passage_number_is_right_after_shuffling(seed):
 
 def test_gold_positions_vary_across_examples():
     pairs = [SyntheticQA(f"LoRA 问题{i}？", "只训练低秩矩阵 A 和 B。", "gold", "lora.md", "llm") for i in range(40)]
-    positions = {e.gold_position for e in ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=0.0).run(pairs)}
+    positions = {e.gold_position for e in ExampleBuilder(retrieve, CHUNKS, n_passages=4, refusal_ratio=0.0,
+                                                         positions="random").run(pairs)}
     assert positions == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("rank", [0, 2, 3])
+def test_retrieved_positions_keep_the_gold_where_retrieval_ranks_it(rank):
+    def ranked(question, k):
+        order = [*OTHERS[:rank], GOLD, *OTHERS[rank:]]
+        return [ScoredChunk(c, 1.0, "fused") for c in order[:k]]
+
+    examples = ExampleBuilder(ranked, CHUNKS, n_passages=4, refusal_ratio=0.0, seed=3).run([PAIR] * 5)
+    assert {e.gold_position for e in examples} == {rank + 1}
+    passages = [text for _, text in passage_texts(examples[0].messages[-1]["content"])]
+    assert passages == [c.text for c in [*OTHERS[:rank], GOLD, *OTHERS[rank:]][:4]]  # retrieval order kept
+
+
+def test_a_gold_chunk_retrieval_misses_goes_to_a_random_place():
+    def misses(question, k):
+        return [ScoredChunk(c, 1.0, "fused") for c in OTHERS[:k]]
+
+    pairs = [SyntheticQA(f"LoRA 问题{i}？", "只训练低秩矩阵 A 和 B。", "gold", "lora.md", "llm") for i in range(40)]
+    positions = {e.gold_position for e in ExampleBuilder(misses, CHUNKS, n_passages=4, refusal_ratio=0.0).run(pairs)}
+    assert positions == {1, 2, 3, 4}
+    with pytest.raises(ConfigError, match="positions"):
+        ExampleBuilder(misses, CHUNKS, positions="first")
 
 
 def test_refusal_examples_withhold_gold_and_cite_nothing():
@@ -161,7 +185,8 @@ def test_two_part_answers_cite_each_gold_passage_where_it_stands(seed):
 
     pair = SyntheticQA("LoRA 和 QLoRA 有什么区别？", "LoRA 只训练低秩矩阵 A 和 B。", "gold", "lora.md", "comparison",
                        "LoRA", (("QLoRA 把基础模型量化为 4 位 NF4。", "second"),))
-    (ex,) = ExampleBuilder(retrieve2, {**CHUNKS, "second": SECOND}, n_passages=4, refusal_ratio=1.0, seed=seed).run([pair])
+    (ex,) = ExampleBuilder(retrieve2, {**CHUNKS, "second": SECOND}, n_passages=4, refusal_ratio=1.0, positions="random",
+                           seed=seed).run([pair])
     passages = {text: int(n) for n, text in passage_texts(ex.messages[-1]["content"])}
     i, j = passages[GOLD.text], passages[SECOND.text]
     assert len(passages) == 4 and i != j and ex.gold_position == i

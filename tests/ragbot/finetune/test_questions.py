@@ -93,11 +93,21 @@ def test_sentences_and_sections():
     pairs = ask(c)
     sentences = [(p.question, p.answer) for p in pairs if p.method == "sentence"]
     definition = "梯度裁剪是一种防止梯度爆炸的技术，把梯度范数限制在阈值内。"
-    assert sentences[0][1] == definition and sentences[0][0] in {"梯度裁剪是什么？", "什么是梯度裁剪？"}
-    assert sentences[1] == ("梯度裁剪中，常用阈值是多少？", "常用阈值为 1.0。")  # a bare subject gets its context
+    # a short statement takes the next sentence along
+    assert sentences[0][1] == definition + "常用阈值为 1.0。"
+    assert sentences[0][0] in {"梯度裁剪是什么？", "什么是梯度裁剪？"}
+    assert sentences[1] == ("梯度裁剪中，常用阈值是多少？", "常用阈值为 1.0。它也很常用。")  # a bare subject gets its context
     assert len(sentences) == 2  # "它也很常用" has no subject of its own
     (section,) = [p for p in pairs if p.method == "section"]
-    assert section.answer == definition and "梯度裁剪" in section.question
+    assert section.answer == definition + "常用阈值为 1.0。它也很常用。" and "梯度裁剪" in section.question
+
+
+def test_lead_adds_sentences_until_the_answer_says_enough():
+    from ragbot.finetune.questions import lead
+
+    assert lead("短句一。短句二。短句三。", max_chars=100, min_chars=6) == "短句一。短句二。"
+    assert lead("短句一。" + "长" * 100 + "。", max_chars=60) == "短句一。"  # the next one would be too long
+    assert lead("甲" * 70 + "。乙。") == "甲" * 70 + "。"  # long enough on its own
 
 
 def test_code_comments_become_code_questions():
