@@ -155,6 +155,18 @@ def cmd_finetune_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune_export(args: argparse.Namespace) -> int:
+    from ragbot.finetune.train import export_adapter
+    from ragbot.variants import SHIPPED_ADAPTER
+
+    settings = _settings(args)
+    out = Path(args.out) if args.out else SHIPPED_ADAPTER
+    written = export_adapter(Path(args.adapter), out, base_model=settings.llm)
+    size = sum(p.stat().st_size for p in written) / 1e6
+    print(f"adapter exported to {out} ({size:.1f} MB: {', '.join(p.name for p in written)})")
+    return 0
+
+
 def cmd_finetune_train(args: argparse.Namespace) -> int:
     from ragbot.bundle import resolve_model
     from ragbot.finetune.train import LoraTrainer, TrainConfig
@@ -173,6 +185,8 @@ def cmd_finetune_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ragbot.finetune.train import TrainConfig  # the recipe's defaults (a light import: no torch)
+
     parser = argparse.ArgumentParser(prog="ragbot", description="Local, private question answering over your documents.")
     parser.add_argument("--config", help="settings file (TOML); default ./ragbot.toml or $RAGBOT_CONFIG")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,21 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = ftsub.add_parser("train", help="train a LoRA adapter on the generated data (GPU when present)")
     p.add_argument("--data", required=True, help="folder written by `ragbot finetune data`")
     p.add_argument("--out", required=True, help="adapter output folder")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=int, default=32)
-    p.add_argument("--top-layers", type=int, default=12, help="LoRA in the last N decoder layers only (0 = all)")
-    p.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj",
-                   help="comma-separated linear layers that get LoRA (e.g. add gate_proj,up_proj,down_proj)")
+    p.add_argument("--rank", type=int, default=TrainConfig.rank)
+    p.add_argument("--alpha", type=int, default=TrainConfig.alpha)
+    p.add_argument("--top-layers", type=int, default=TrainConfig.top_layers, help="LoRA in the last N decoder layers only (0 = all)")
+    p.add_argument("--target-modules", default=",".join(TrainConfig.target_modules),
+                   help="comma-separated linear layers that get LoRA (default: attention and MLP)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 on GPUs and on CPUs with bf16 instructions (AVX512-BF16/AMX), else fp32")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-length", type=int, default=1280, help="longest example in tokens (longer ones are skipped)")
-    p.add_argument("--grad-accum", type=int, default=8)
+    p.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
+    p.add_argument("--epochs", type=float, default=TrainConfig.epochs)
+    p.add_argument("--max-length", type=int, default=TrainConfig.max_length,
+                   help="longest example in tokens (longer ones are skipped)")
+    p.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum)
     p.add_argument("--max-examples", type=int, default=0, help="train on a random slice (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints of an interrupted run")
     p.set_defaults(func=cmd_finetune_train)
+    p = ftsub.add_parser("export", help="copy a trained adapter into the repo's shipped form (bf16 weights, portable config)")
+    p.add_argument("--adapter", required=True, help="folder written by `ragbot finetune train`")
+    p.add_argument("--out", help="destination (default: ragbot/assets/adapter, which the `finetuned` variant uses)")
+    p.set_defaults(func=cmd_finetune_export)
 
     p = sub.add_parser("prepare", help="build the offline model bundle now (otherwise done on first use)")
     p.set_defaults(func=cmd_prepare)

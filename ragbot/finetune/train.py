@@ -22,14 +22,15 @@ from ragbot.errors import ConfigError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rank: int = 16
-    alpha: int = 32
+    rank: int = 8
+    alpha: int = 16
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # attention and MLP: on a CPU the backward pass runs through these layers' MLPs anyway, so LoRA there is cheap
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     precision: str = "auto"  # auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), bf16, fp32
     top_layers: int = 12  # LoRA only in the last N decoder layers (0 = all): backward then stops there, ~2x faster
     learning_rate: float = 2e-4
-    epochs: float = 1.0
+    epochs: float = 2.0
     max_length: int = 1280
     batch_size: int = 1
     grad_accum: int = 8
@@ -231,3 +232,37 @@ def _split(rows: list[dict[str, Any]], val_fraction: float, seed: int) -> tuple[
     n_val = max(1, math.floor(len(questions) * val_fraction)) if val_fraction > 0 and len(questions) > 1 else 0
     val_q = set(questions[:n_val])
     return [r for r in rows if r["question"] not in val_q], [r for r in rows if r["question"] in val_q]
+
+
+SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_settings.json", "data_card.json", "data_card.md")
+
+
+def export_adapter(src: Path, dst: Path, *, base_model: str) -> list[Path]:
+    """Copy a trained adapter folder to ``dst`` in the form the repo ships: weights in bf16 (half the size; peft
+    upcasts them when it loads), ``base_model_name_or_path`` set to the settings' model spec rather than this
+    machine's path, and the data card without the text of held-out questions (it keeps their count).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    missing = [n for n in SHIPPED_FILES[:3] if not (src / n).exists()]
+    if missing:
+        raise ConfigError(f"{src} is not a trained adapter folder (missing {', '.join(missing)}); "
+                          "train one first: ragbot finetune train --data DIR --out DIR")
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(src / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(dst / "adapter_model.safetensors"))
+    config = json.loads((src / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base_model
+    (dst / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (dst / "train_settings.json").write_text((src / "train_settings.json").read_text())
+    if (src / "data_card.json").exists():
+        card = json.loads((src / "data_card.json").read_text(encoding="utf-8"))
+        for filters in card.get("filters", {}).values():
+            filters["near_duplicate_examples"] = [{k: v for k, v in e.items() if k != "held_out"}
+                                                  for e in filters.get("near_duplicate_examples", [])]
+        (dst / "data_card.json").write_text(json.dumps(card, ensure_ascii=False, indent=1), encoding="utf-8")
+    if (src / "data_card.md").exists():
+        (dst / "data_card.md").write_text((src / "data_card.md").read_text(encoding="utf-8"), encoding="utf-8")
+    return [dst / n for n in SHIPPED_FILES if (dst / n).exists()]

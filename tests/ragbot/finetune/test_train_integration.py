@@ -1,4 +1,4 @@
-"""A few LoRA steps on a tiny slice with the real base model: the loss falls and the adapter loads."""
+"""A few LoRA steps on a tiny slice with the real base model: the loss falls and the exported adapter loads."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 from ragbot.finetune.data import ExampleBuilder
 from ragbot.finetune.questions import SyntheticQA
-from ragbot.finetune.train import LoraTrainer, TrainConfig
+from ragbot.finetune.train import LoraTrainer, TrainConfig, export_adapter
 from ragbot.generation import HFChatModel
 from ragbot.settings import BUNDLED_LLM
 from ragbot.types import Chunk, ScoredChunk
@@ -53,7 +53,9 @@ def test_a_few_steps_lower_the_loss_and_the_adapter_loads(tiny_data, tmp_path, m
     size = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
     assert size < 10_000_000
 
-    tuned = HFChatModel(BUNDLED_LLM, models_dir, adapter=str(tmp_path / "adapter"), device="cpu")
+    # the form the repo ships (bf16 weights, portable config) loads into the generator
+    export_adapter(tmp_path / "adapter", tmp_path / "shipped", base_model=BUNDLED_LLM)
+    tuned = HFChatModel(BUNDLED_LLM, models_dir, adapter=str(tmp_path / "shipped"), device="cpu")
     tuned.warm_up()
     messages = json.loads((tiny_data / "train.jsonl").read_text().splitlines()[0])["messages"]
     assert tuned.generate(messages, max_new_tokens=16)
