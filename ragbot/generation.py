@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ragbot.errors import ConfigError
-from ragbot.grounding import align_citations
+from ragbot.grounding import align_citations, repoint_citations
 from ragbot.settings import REFUSAL, Settings
 from ragbot.types import Answer, Citation, ScoredChunk
 
@@ -143,22 +143,26 @@ def is_refusal(text: str) -> bool:
 
 
 def finalize(question: str, raw: str, passages: Sequence[ScoredChunk], timings: dict[str, float] | None = None,
-             *, align: bool = True) -> Answer:
+             *, align: bool = True, repoint: bool = True) -> Answer:
     """Turn the model's raw text into an :class:`Answer` with only valid citations, or a clean refusal.
 
-    With ``align``, an answer that cites nothing gets citations by lexical alignment to the passages.
+    With ``align``, an answer that cites nothing gets citations by lexical alignment to the passages;
+    with ``repoint``, a citation whose passage does not support its sentence moves to one that does.
     """
     cleaned = clean_citations(raw, len(passages))
     if is_refusal(raw) or not re.sub(r"\[\d+\]", "", cleaned.text).strip():
         return Answer(question, REFUSAL, True, (), tuple(passages), raw, cleaned.invalid, refused_by="model",
                       timings_ms=timings or {})
-    text, cited, aligned = cleaned.text, cleaned.cited, 0
+    text, cited, aligned, repointed = cleaned.text, cleaned.cited, 0, 0
     if align and not cited:
         text, aligned = align_citations(text, passages)
+    elif repoint:
+        text, repointed = repoint_citations(text, passages)
+    if aligned or repointed:
         cited = clean_citations(text, len(passages)).cited
     citations = tuple(Citation(n, passages[n - 1].chunk) for n in cited)
     return Answer(question, text, False, citations, tuple(passages), raw, cleaned.invalid, aligned,
-                  timings_ms=timings or {})
+                  repointed_citations=repointed, timings_ms=timings or {})
 
 
 class CitationStreamFilter:
@@ -410,11 +414,13 @@ class Generator:
     """``Generator(chat_model).run(question, passages) -> Answer``; ``stream`` yields text then the Answer."""
 
     def __init__(self, chat_model: ChatModel, *, style: str = "grounded", max_new_tokens: int = 256,
-                 temperature: float = 0.0, max_passage_chars: int = 300, align_citations: bool = True) -> None:
+                 temperature: float = 0.0, max_passage_chars: int = 300, align_citations: bool = True,
+                 repoint_citations: bool = True) -> None:
         self.chat_model = chat_model
         self.style, self.max_new_tokens, self.temperature = style, max_new_tokens, temperature
         self.max_passage_chars = max_passage_chars
         self.align = align_citations and style == "grounded"
+        self.repoint = repoint_citations and style == "grounded"
 
     def run(self, question: str, passages: Sequence[ScoredChunk]) -> Answer:
         answer = None
@@ -443,4 +449,4 @@ class Generator:
             yield tail
         end = time.perf_counter()
         timings = {"first_token_ms": ((first or end) - t0) * 1000, "generate_ms": (end - t0) * 1000}
-        yield finalize(question, "".join(raw), passages, timings, align=self.align)
+        yield finalize(question, "".join(raw), passages, timings, align=self.align, repoint=self.repoint)

@@ -40,7 +40,8 @@ class RagPipeline:
         if chat_model is not None:
             self.generator = Generator(chat_model, style=settings.prompt, max_new_tokens=settings.max_new_tokens,
                                        temperature=settings.temperature, max_passage_chars=settings.max_passage_chars,
-                                       align_citations=settings.align_citations)
+                                       align_citations=settings.align_citations,
+                                       repoint_citations=settings.repoint_citations)
         self._gate: KeyTermGate | None = None
 
     @classmethod

@@ -96,6 +96,7 @@ class Answer:
     raw_text: str = ""
     invalid_markers: int = 0
     aligned_citations: int = 0  # citations added by lexical alignment because the model gave none
+    repointed_citations: int = 0  # citations moved to the passage that supports their sentence
     refused_by: str = ""  # "model", or "gate: <missing terms>" when refused before generation
     retrieval: Retrieval | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)

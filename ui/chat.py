@@ -114,8 +114,9 @@ def render_debug(turn: Turn) -> None:
             st.caption("这个方案不检索资料（只用模型本身回答）。")
         timings = {"rewrite_ms": turn.rewrite_ms, **answer.timings_ms} if turn.rewrite_ms else answer.timings_ms
         st.dataframe(timings_frame(timings), hide_index=True)
-        if answer.invalid_markers or answer.aligned_citations:
-            st.caption(f"删除了 {answer.invalid_markers} 个无效引用标记；按文字重合补充了 {answer.aligned_citations} 个引用。")
+        if answer.invalid_markers or answer.aligned_citations or answer.repointed_citations:
+            st.caption(f"删除了 {answer.invalid_markers} 个无效引用标记；按文字重合补充了 {answer.aligned_citations} 个引用，"
+                       f"改正了 {answer.repointed_citations} 个引用的出处。")
 
 
 def render_answer(turn: Turn, index: int, store: Any) -> None:

@@ -77,6 +77,8 @@ class Record:
     evidence_rank: int | None = None
     invalid_markers: int = 0
     aligned_citations: int = 0
+    repointed_citations: int = 0
+    raw_answer: str = ""  # the model's text before citation cleaning, alignment and re-pointing
     rouge: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -104,7 +106,8 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
                                                  r.invalid_markers, r.type != "unanswerable") for r in ok])
     out.update({"citation_precision": cites.citation_precision, "answers_with_valid_citation": cites.supported_rate,
                 "invalid_markers": cites.invalid_markers,
-                "aligned_citations": sum(r.aligned_citations for r in ok)})
+                "aligned_citations": sum(r.aligned_citations for r in ok),
+                "repointed_citations": sum(r.repointed_citations for r in ok)})
     for key in LATENCY_KEYS:
         values = [r.timings_ms[key] for r in ok if key in r.timings_ms]
         p = M.percentiles(values)
@@ -156,6 +159,7 @@ class EvalRunner:
             hits=[{"chunk_id": h.chunk.id, "source": h.chunk.source, "page": h.chunk.page, "score": h.score,
                    "text": h.chunk.text} for h in retrieval.final[:RETRIEVAL_DEPTH]],
             evidence_rank=rank, invalid_markers=answer.invalid_markers, aligned_citations=answer.aligned_citations,
+            repointed_citations=answer.repointed_citations, raw_answer=answer.raw_text,
             rouge=M.rouge_scores(item.answer, answer.text), timings_ms=dict(answer.timings_ms),
         )
 

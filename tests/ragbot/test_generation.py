@@ -105,6 +105,16 @@ def test_uncited_answer_gets_aligned_citations():
     assert plain.citations == () and plain.aligned_citations == 0
 
 
+def test_citation_to_an_unsupporting_passage_is_repointed():
+    ps = [ScoredChunk(Chunk(f"c{i}", "d", t, "a.md"), 1.0, "fused")
+          for i, t in enumerate(["Adam 的默认 beta1 为 0.9。", "池化层没有可学习参数。"], start=1)]
+    answer = finalize("q", "池化层没有可学习参数 [1]。", ps)
+    assert answer.text == "池化层没有可学习参数 [2]。" and answer.repointed_citations == 1
+    assert [c.chunk.id for c in answer.citations] == ["c2"] and answer.raw_text == "池化层没有可学习参数 [1]。"
+    kept = finalize("q", "池化层没有可学习参数 [1]。", ps, repoint=False)
+    assert [c.n for c in kept.citations] == [1] and kept.repointed_citations == 0
+
+
 def test_citation_only_output_is_treated_as_refusal():
     assert finalize("q", "[1]", passages(2)).refused
 
