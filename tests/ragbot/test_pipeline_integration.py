@@ -49,3 +49,29 @@ def test_unanswered_question_is_refused(pipeline, sample_qa):
     item = next(q for q in sample_qa if q["type"] == "unanswerable")
     answer = pipeline.ask(item["question"])
     assert answer.refused and answer.text == REFUSAL and answer.citations == ()
+
+
+@pytest.fixture(scope="module")
+def finetuned(sample_index, models_dir, real_embedder):
+    from ragbot.variants import SHIPPED_ADAPTER
+
+    if not (SHIPPED_ADAPTER / "adapter_config.json").exists():
+        pytest.fail(f"no adapter shipped in {SHIPPED_ADAPTER}; reproduce it with scripts/train_adapter.sh")
+    settings = Settings(home=models_dir.parent, index_dir=sample_index, max_new_tokens=96, adapter=str(SHIPPED_ADAPTER),
+                        repoint_citations=False)  # the model's own citations
+    pipe = RagPipeline.from_settings(settings, embedder=real_embedder)
+    pipe.warm_up()
+    return pipe
+
+
+@pytest.mark.llm
+def test_shipped_adapter_answers_sample_questions_from_the_cited_passage(finetuned, sample_qa):
+    # the fine-tuned answerer cites by itself: its answers carry markers before any alignment
+    items = [q for q in sample_qa if q["type"] != "unanswerable"][:6]
+    answers = [finetuned.ask(q["question"]) for q in items]
+    cited_right = [any(contains_evidence(c.chunk.text, q["evidence"]) for c in a.citations) for q, a in zip(items, answers)]
+    self_cited = [a.aligned_citations == 0 and bool(a.citations) for a in answers]
+    assert sum(cited_right) >= 4, [(q["id"], a.text) for q, a in zip(items, answers)]
+    assert all(not a.refused for a in answers), [a.text for a in answers if a.refused]
+    # measured on these six: the shipped adapter cites by itself in 3, the base model in none (all aligned)
+    assert sum(self_cited) >= 3, [a.raw_text for a in answers]
