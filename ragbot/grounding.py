@@ -49,7 +49,7 @@ class KeyTermGate:
 
 
 _SENTENCE = re.compile(r"[^。！？；!?\n]*[。！？；!?]+|[^。！？；!?\n]+")
-_CITED = re.compile(r"\[\d+\]")
+_CITED = re.compile(r"\[(\d+)\]")
 
 
 def _bigrams(text: str) -> set[str]:
@@ -88,7 +88,6 @@ def align_citations(answer: str, passages: Sequence[ScoredChunk], min_overlap: f
     return "\n".join(lines), added
 
 
-_MARKER_NUM = re.compile(r"\[(\d+)\]")
 _BOUNDARY = re.compile(r"[。！？；!?\n]")
 
 
@@ -127,5 +126,5 @@ def repoint_citations(answer: str, passages: Sequence[ScoredChunk], *, min_suppo
             return f"[{best + 1}]"
         return m.group(0)
 
-    text = _MARKER_NUM.sub(repl, answer)
+    text = _CITED.sub(repl, answer)
     return re.sub(r"(\[\d+\])(?:\s*\1)+", r"\1", text), moved

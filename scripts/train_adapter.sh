@@ -4,7 +4,7 @@
 # Steps: install, ingest the bundled corpus/ and the shared corpus, generate training data from their
 # chunks (evaluation questions are used only to drop near-duplicates), train, export the adapter into the repo.
 # The shipped adapter was trained on a 2-core CPU without bf16 instructions (fp32): data ~1 min, training
-# 64 steps (0.75 epoch, LoRA in the last 6 layers) ~55 min. On a CPU with AVX512-BF16/AMX it runs in bf16
+# 64 steps (0.75 epoch, LoRA in the last 6 layers) 63 min. On a CPU with AVX512-BF16/AMX it runs in bf16
 # (~3x faster); a GPU is used automatically when present (minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."

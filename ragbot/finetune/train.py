@@ -239,8 +239,8 @@ SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_sett
 
 def export_adapter(src: Path, dst: Path, *, base_model: str) -> list[Path]:
     """Copy a trained adapter folder to ``dst`` in the form the repo ships: weights in bf16 (half the size; peft
-    upcasts them when it loads), ``base_model_name_or_path`` set to the settings' model spec rather than this
-    machine's path, and the data card without the text of held-out questions (it keeps their count).
+    upcasts them when it loads), the base model (``base_model_name_or_path`` and the training settings') set to the
+    settings' model spec rather than this machine's path, and the data card without the text of held-out questions (it keeps their count).
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -256,7 +256,9 @@ def export_adapter(src: Path, dst: Path, *, base_model: str) -> list[Path]:
     config = json.loads((src / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = base_model
     (dst / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    (dst / "train_settings.json").write_text((src / "train_settings.json").read_text())
+    settings = json.loads((src / "train_settings.json").read_text(encoding="utf-8"))
+    settings["base_model"] = base_model
+    (dst / "train_settings.json").write_text(json.dumps(settings, ensure_ascii=False, indent=1), encoding="utf-8")
     if (src / "data_card.json").exists():
         card = json.loads((src / "data_card.json").read_text(encoding="utf-8"))
         for filters in card.get("filters", {}).values():
