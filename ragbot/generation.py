@@ -204,9 +204,10 @@ class CitationStreamFilter:
 class ChatModel(Protocol):
     """A chat LLM: messages in, text out (whole or streamed)."""
 
-    def generate(self, messages: list[Message], *, max_new_tokens: int, temperature: float) -> str: ...
+    def generate(self, messages: list[Message], *, max_new_tokens: int, temperature: float, citable: int = 0) -> str: ...
 
-    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float) -> Iterator[str]: ...
+    def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float,
+               citable: int = 0) -> Iterator[str]: ...
 
 
 _MARKER_RUN = re.compile(r"(?:\s*[\[【［]\s*\d{1,3}\s*[\]】］]){4,}\s*$")
@@ -227,14 +228,90 @@ def degenerate(token_ids: Sequence[int], text_tail: str, ngram: int = 8, repeats
     return hits >= repeats
 
 
-def marker_token_ids(tokenizer) -> tuple[list[int], list[int], list[int]]:
-    """Vocabulary ids of tokens that open a citation marker (after spaces), that close one, and that open a
-    parenthesis: the three sets the generation constraints below need (one decoding pass over the vocabulary)."""
+@dataclass(frozen=True)
+class MarkerVocab:
+    """Vocabulary ids the generation constraints need, from one decoding pass over the vocabulary."""
+
+    lead: frozenset[int]  # open a marker after spaces ("[", " [1"): never an answer's first token
+    closing: frozenset[int]  # end with a closing bracket: never followed by a parenthesis
+    paren: frozenset[int]  # open a parenthesis
+    opens: frozenset[int]  # just an opening bracket, after spaces or closing brackets: " [", "[", "]["
+    chained: frozenset[int]  # the "][" kind of ``opens``: a marker right after another
+    digits: tuple[int, ...]  # the tokens "1".."9" (index 0 is "1"), or empty when the tokenizer merges digits
+    closes_first: frozenset[int]  # start with a closing bracket: "]", "]。", "]["
+    word_end: frozenset[int]  # end with an ASCII letter, digit or "_": a bracket after them is code or maths
+
+
+def marker_token_ids(tokenizer) -> MarkerVocab:
+    """The token sets the generation constraints below need (one decoding pass over the vocabulary)."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    opening = [i for i, t in enumerate(texts) if t.lstrip().startswith(tuple(CitationStreamFilter.OPEN))]
-    closing = [i for i, t in enumerate(texts) if t.rstrip().endswith(tuple(CitationStreamFilter.CLOSE))]
-    paren = [i for i, t in enumerate(texts) if t.lstrip().startswith(("（", "("))]
-    return opening, closing, paren
+    open_, close = CitationStreamFilter.OPEN, CitationStreamFilter.CLOSE
+
+    def ids(keep) -> frozenset[int]:
+        return frozenset(i for i, t in enumerate(texts) if t and keep(t))
+
+    def just_open(t: str) -> bool:
+        t = t.strip(" ")
+        return bool(t) and t[-1] in open_ and all(c in close for c in t[:-1])
+
+    by_text = {t: i for i, t in enumerate(texts)}
+    digits = tuple(by_text[str(d)] for d in range(1, 10)) if all(str(d) in by_text for d in range(1, 10)) else ()
+    return MarkerVocab(
+        lead=ids(lambda t: t.lstrip().startswith(tuple(open_))),
+        closing=ids(lambda t: t.rstrip().endswith(tuple(close))),
+        paren=ids(lambda t: t.lstrip().startswith(("（", "("))),
+        opens=ids(just_open), chained=ids(lambda t: just_open(t) and t.strip(" ")[0] in close),
+        digits=digits, closes_first=ids(lambda t: t[0] in close),
+        word_end=ids(lambda t: t[-1].isascii() and (t[-1].isalnum() or t[-1] == "_")))
+
+
+def in_code(text: str) -> bool:
+    """Whether the end of ``text`` is inside a code fence or an inline code span."""
+    if text.count("```") % 2:
+        return True
+    return text.replace("```", "").count("`") % 2 == 1
+
+
+def valid_markers(vocab: MarkerVocab, citable: int, prompt_len: int, decode):
+    """A logits processor: a citation marker the model opens names a passage it was given.
+
+    After an opening bracket (one that starts a marker: not after a word, as in ``E[X]`` or ``x[0]``, and
+    not inside code) only the digits 1..``citable`` may follow, and after that digit only a closing
+    bracket. The fine-tuned model otherwise wrote markers like "[6]" for five passages or "[1,2,3,0]",
+    which cleaning had to remove. Single digits only, so ``citable`` is capped at 9. ``decode`` turns
+    generated ids into text, for the code check.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    digits = vocab.digits[:max(0, min(citable, 9))]
+    allowed_digits, digit_set = list(digits), set(digits)
+    closes = sorted(vocab.closes_first)
+
+    def marker_opener(row: list[int], pos: int, generated: list[int]) -> bool:
+        """Whether row[pos] (negative) is a generated bracket that opens a citation marker."""
+        if -pos > len(generated) or row[pos] not in vocab.opens:
+            return False
+        if row[pos] not in vocab.chained and len(row) >= -pos + 1 and row[pos - 1] in vocab.word_end:
+            return False
+        return not in_code(decode(generated[:len(generated) + pos + 1]))
+
+    class ValidMarkers(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            for b, full in enumerate(input_ids.tolist()):
+                generated, row = full[prompt_len:], full[-3:]
+                if marker_opener(row, -1, generated):
+                    allowed = allowed_digits
+                elif len(row) >= 2 and row[-1] in digit_set and marker_opener(row, -2, generated):
+                    allowed = closes
+                else:
+                    continue
+                keep = torch.full_like(scores[b], float("-inf"))
+                keep[allowed] = scores[b, allowed]
+                scores[b] = keep
+            return scores
+
+    return ValidMarkers()
 
 
 def no_paren_after_marker(closing: Sequence[int], paren: Sequence[int]):
@@ -272,6 +349,7 @@ class HFChatModel:
         self.device, self.allow_downloads, self.num_threads = device, allow_downloads, num_threads
         self.lead_marker_ids: list[int] = []
         self._no_paren = None  # logits processor, built with the tokenizer
+        self.vocab: MarkerVocab | None = None
         self.model = None
         self.tokenizer = None
         self._lock = threading.Lock()  # one generation at a time: the app serves several browser sessions
@@ -305,8 +383,9 @@ class HFChatModel:
         if precision == "int8" and device != "cpu":
             raise ConfigError(f"llm_precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on {device}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.lead_marker_ids, closing_ids, paren_ids = marker_token_ids(self.tokenizer)
-        self._no_paren = no_paren_after_marker(closing_ids, paren_ids)
+        self.vocab = marker_token_ids(self.tokenizer)
+        self.lead_marker_ids = sorted(self.vocab.lead)
+        self._no_paren = no_paren_after_marker(self.vocab.closing, self.vocab.paren)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if self.adapter:
@@ -342,25 +421,32 @@ class HFChatModel:
 
         return StoppingCriteriaList([StopOnDegeneration()])
 
-    def _gen_kwargs(self, max_new_tokens: int, temperature: float) -> dict:
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, citable: int = 0, prompt_len: int = 0) -> dict:
         kw = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
               # An answer never starts with a citation: the base model otherwise often copied a passage's
               # "[1]（heading）" line, or the prompt's "[1] 或 [2][3]", as its whole answer.
               "begin_suppress_tokens": self.lead_marker_ids or None}
-        if self._no_paren is not None:
+        processors = [self._no_paren] if self._no_paren is not None else []
+        if citable and self.vocab is not None and self.vocab.digits:
+            processors.append(valid_markers(self.vocab, citable, prompt_len,
+                                            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)))
+        if processors:
             from transformers import LogitsProcessorList
 
-            kw["logits_processor"] = LogitsProcessorList([self._no_paren])
+            kw["logits_processor"] = LogitsProcessorList(processors)
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=0.9)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
-    def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0) -> str:
-        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature))
+    def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 citable: int = 0) -> str:
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
 
-    def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
+    def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
+               citable: int = 0) -> Iterator[str]:
+        """Yield the reply as it is decoded. ``citable`` > 0: markers may only name passages 1..citable."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -374,7 +460,7 @@ class HFChatModel:
             try:
                 with torch.inference_mode():
                     self.model.generate(**inputs, streamer=streamer, stopping_criteria=self._stopping(prompt_len),
-                                        **self._gen_kwargs(max_new_tokens, temperature))
+                                        **self._gen_kwargs(max_new_tokens, temperature, citable, prompt_len))
             except BaseException as e:  # surface generation errors in the caller's thread
                 errors.append(e)
                 streamer.end()
@@ -415,12 +501,13 @@ class Generator:
 
     def __init__(self, chat_model: ChatModel, *, style: str = "grounded", max_new_tokens: int = 256,
                  temperature: float = 0.0, max_passage_chars: int = 300, align_citations: bool = True,
-                 repoint_citations: bool = True) -> None:
+                 repoint_citations: bool = True, valid_markers: bool = True) -> None:
         self.chat_model = chat_model
         self.style, self.max_new_tokens, self.temperature = style, max_new_tokens, temperature
         self.max_passage_chars = max_passage_chars
         self.align = align_citations and style == "grounded"
         self.repoint = repoint_citations and style == "grounded"
+        self.valid_markers = valid_markers and style == "grounded"
 
     def run(self, question: str, passages: Sequence[ScoredChunk]) -> Answer:
         answer = None
@@ -437,7 +524,9 @@ class Generator:
         raw: list[str] = []
         t0 = time.perf_counter()
         first = None
-        for delta in self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature):
+        citable = len(passages) if self.valid_markers else 0
+        for delta in self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                            citable=citable):
             if first is None:
                 first = time.perf_counter()
             raw.append(delta)

@@ -41,7 +41,8 @@ class RagPipeline:
             self.generator = Generator(chat_model, style=settings.prompt, max_new_tokens=settings.max_new_tokens,
                                        temperature=settings.temperature, max_passage_chars=settings.max_passage_chars,
                                        align_citations=settings.align_citations,
-                                       repoint_citations=settings.repoint_citations)
+                                       repoint_citations=settings.repoint_citations,
+                                       valid_markers=settings.valid_markers)
         self._gate: KeyTermGate | None = None
 
     @classmethod

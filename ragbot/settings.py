@@ -66,6 +66,7 @@ class Settings:
     prompt: str = "grounded"  # "grounded" (cite or refuse) or "plain" (textbook RAG prompt)
     refusal_gate: bool = True  # refuse without generating when the question names a term the documents never mention
     align_citations: bool = True  # cite by lexical alignment when the model's answer cites nothing
+    valid_markers: bool = True  # decoding: a citation marker can only name a given passage ([1]..[k])
     repoint_citations: bool = True  # move a citation to the passage that supports its sentence when the cited one does not
     max_new_tokens: int = 256
     temperature: float = 0.0

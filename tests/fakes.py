@@ -29,15 +29,18 @@ class FakeChatModel:
     def __init__(self, reply="根据资料，答案如下 [1]。") -> None:
         self.reply = reply
         self.messages: list[list[dict]] = []
+        self.citable: list[int] = []  # the ``citable`` each stream call got
 
     def _text(self, messages) -> str:
         self.messages.append(messages)
         return self.reply(messages) if callable(self.reply) else self.reply
 
-    def generate(self, messages, *, max_new_tokens: int = 256, temperature: float = 0.0) -> str:
+    def generate(self, messages, *, max_new_tokens: int = 256, temperature: float = 0.0, citable: int = 0) -> str:
         return self._text(messages)
 
-    def stream(self, messages, *, max_new_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
+    def stream(self, messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
+               citable: int = 0) -> Iterator[str]:
+        self.citable.append(citable)
         text = self._text(messages)
         for i in range(0, len(text), 3):  # small pieces, so markers get split across deltas
             yield text[i:i + 3]

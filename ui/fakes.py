@@ -36,11 +36,12 @@ class FakeChatModel:
 
     name = FAKE_LLM
 
-    def generate(self, messages: list[dict[str, str]], *, max_new_tokens: int = 256, temperature: float = 0.0) -> str:
+    def generate(self, messages: list[dict[str, str]], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 citable: int = 0) -> str:
         return self._reply(messages)
 
     def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int = 256,
-               temperature: float = 0.0) -> Iterator[str]:
+               temperature: float = 0.0, citable: int = 0) -> Iterator[str]:
         text = self._reply(messages)
         for i in range(0, len(text), 2):
             yield text[i:i + 2]

@@ -155,11 +155,61 @@ class _VocabTokenizer:
 def test_marker_token_sets():
     from ragbot.generation import marker_token_ids
 
-    opening, closing, paren = marker_token_ids(_VocabTokenizer())
+    vocab = marker_token_ids(_VocabTokenizer())
     names = lambda ids: {_VocabTokenizer.VOCAB[i] for i in ids}  # noqa: E731
-    assert names(opening) == {" [", "[1"}
-    assert names(closing) == {"]", "] ", "】", "a]"}
-    assert names(paren) == {"（", " (", "(x"}
+    assert names(vocab.lead) == {" [", "[1"}
+    assert names(vocab.closing) == {"]", "] ", "】", "a]"}
+    assert names(vocab.paren) == {"（", " (", "(x"}
+    assert names(vocab.opens) == {" ["} and vocab.digits == ()  # this vocabulary has no "1".."9" tokens
+    assert names(vocab.closes_first) == {"]", "] ", "]（", "】"}
+    assert names(vocab.word_end) == {"[1", "(x"}
+
+
+class _DigitTokenizer(_VocabTokenizer):
+    """A vocabulary like Qwen's: digits are single tokens, " [" and "][" open markers."""
+
+    VOCAB = ["答", " [", "[", "][", "]", "]。", "E", "`", "1", "2", "3", "4", "5", "6", "7", "8", "9", ",", "X"]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.VOCAB[i] for i in ids)
+
+
+def _allowed(processor, ids):
+    import torch
+
+    out = processor(torch.tensor([ids]), torch.zeros(1, len(_DigitTokenizer.VOCAB)))
+    return {_DigitTokenizer.VOCAB[i] for i in torch.isfinite(out[0]).nonzero().flatten().tolist()}
+
+
+def test_valid_markers_name_only_given_passages():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ragbot.generation import marker_token_ids, valid_markers
+
+    tok = _DigitTokenizer()
+    vocab = marker_token_ids(tok)
+    ids = {t: i for i, t in enumerate(tok.VOCAB)}
+    enc = lambda *tokens: [ids["答"]] + [ids[t] for t in tokens]  # noqa: E731  (token 0 is the prompt)
+    processor = valid_markers(vocab, citable=3, prompt_len=1, decode=tok.decode)
+    assert _allowed(processor, enc("答", " [")) == {"1", "2", "3"}  # not 4..9 with three passages
+    assert _allowed(processor, enc("答", " [", "2")) == {"]", "]。", "]["}  # no "[2,3" or "[23"
+    assert _allowed(processor, enc(" [", "1", "][")) == {"1", "2", "3"}  # a chained marker too
+    assert _allowed(processor, enc("答", "[")) == {"1", "2", "3"}
+    everything = set(tok.VOCAB)
+    assert _allowed(processor, enc("答", "E", "[")) == everything  # E[X]: maths, not a marker
+    assert _allowed(processor, enc("答", "`", " [")) == everything  # inside inline code
+    assert _allowed(processor, enc("答", "`", "X", "`", " [")) == {"1", "2", "3"}  # after the code span
+    assert _allowed(processor, enc("答", "2")) == everything  # a digit not in a marker
+    assert _allowed(processor, [ids[" ["]]) == everything  # the bracket is in the prompt, not generated
+    assert _allowed(valid_markers(vocab, citable=12, prompt_len=1, decode=tok.decode), enc(" [")) == set("123456789")
+
+
+def test_generator_asks_for_valid_markers_only_when_grounded():
+    chat = FakeChatModel("答案 [1]。")
+    Generator(chat).run("问题", passages(2))
+    Generator(chat, valid_markers=False).run("问题", passages(1))
+    Generator(chat, style="plain").run("问题", passages(1))
+    assert chat.citable == [2, 0, 0]
 
 
 def test_no_paren_after_a_closing_bracket():
