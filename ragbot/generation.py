@@ -288,21 +288,21 @@ def valid_markers(vocab: MarkerVocab, citable: int, prompt_len: int, decode):
     allowed_digits, digit_set = list(digits), set(digits)
     closes = sorted(vocab.closes_first)
 
-    def marker_opener(row: list[int], pos: int, generated: list[int]) -> bool:
-        """Whether row[pos] (negative) is a generated bracket that opens a citation marker."""
-        if -pos > len(generated) or row[pos] not in vocab.opens:
+    def marker_opener(row: list[int], pos: int, seq) -> bool:
+        """Whether row[pos] (negative; ``row`` ends ``seq``) is a generated bracket opening a citation marker."""
+        if -pos > seq.shape[0] - prompt_len or row[pos] not in vocab.opens:
             return False
         if row[pos] not in vocab.chained and len(row) >= -pos + 1 and row[pos - 1] in vocab.word_end:
             return False
-        return not in_code(decode(generated[:len(generated) + pos + 1]))
+        return not in_code(decode(seq[prompt_len:seq.shape[0] + pos + 1].tolist()))
 
     class ValidMarkers(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            for b, full in enumerate(input_ids.tolist()):
-                generated, row = full[prompt_len:], full[-3:]
-                if marker_opener(row, -1, generated):
+            # only the last three ids per step as Python ints: the prompt (~1,500 ids) is decoded on a bracket only
+            for b, row in enumerate(input_ids[:, -3:].tolist()):
+                if marker_opener(row, -1, input_ids[b]):
                     allowed = allowed_digits
-                elif len(row) >= 2 and row[-1] in digit_set and marker_opener(row, -2, generated):
+                elif len(row) >= 2 and row[-1] in digit_set and marker_opener(row, -2, input_ids[b]):
                     allowed = closes
                 else:
                     continue
@@ -347,7 +347,6 @@ class HFChatModel:
                  allow_downloads: bool = False, num_threads: int = 0) -> None:
         self.spec, self.models_dir, self.adapter, self.precision = spec, models_dir, adapter, precision
         self.device, self.allow_downloads, self.num_threads = device, allow_downloads, num_threads
-        self.lead_marker_ids: list[int] = []
         self._no_paren = None  # logits processor, built with the tokenizer
         self.vocab: MarkerVocab | None = None
         self.model = None
@@ -384,7 +383,6 @@ class HFChatModel:
             raise ConfigError(f"llm_precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on {device}")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.vocab = marker_token_ids(self.tokenizer)
-        self.lead_marker_ids = sorted(self.vocab.lead)
         self._no_paren = no_paren_after_marker(self.vocab.closing, self.vocab.paren)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -425,7 +423,7 @@ class HFChatModel:
         kw = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
               # An answer never starts with a citation: the base model otherwise often copied a passage's
               # "[1]（heading）" line, or the prompt's "[1] 或 [2][3]", as its whole answer.
-              "begin_suppress_tokens": self.lead_marker_ids or None}
+              "begin_suppress_tokens": sorted(self.vocab.lead) if self.vocab and self.vocab.lead else None}
         processors = [self._no_paren] if self._no_paren is not None else []
         if citable and self.vocab is not None and self.vocab.digits:
             processors.append(valid_markers(self.vocab, citable, prompt_len,
