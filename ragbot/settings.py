@@ -51,8 +51,16 @@ class Settings:
     chunk_overlap: int = 80
     chunker: str = "markdown"  # "markdown" (headers, then sentences) or "fixed" (plain character windows)
 
-    # ingestion
+    # ingestion: limits that keep one hostile or broken file from exhausting memory or time
     embed_batch_size: int = 16
+    max_line_chars: int = 20_000  # a longer line is cut before splitting (a 50 MB one-line file stays bounded)
+    max_pdf_pages: int = 2_000  # pages read per PDF; later pages are skipped and reported
+    max_pdf_chars: int = 5_000_000  # characters extracted per PDF; the rest is skipped and reported
+
+    # the index on disk
+    lock_timeout_s: float = 600.0  # how long a second writer waits for the index lock before giving up
+    keep_versions: int = 2  # previous index versions kept for `ragbot index rollback` (besides the live one)
+    version_grace_s: float = 300.0  # a superseded version is deleted only after this long (readers may hold it)
 
     # retrieval
     dense_k: int = 30
@@ -71,13 +79,15 @@ class Settings:
     max_new_tokens: int = 256
     temperature: float = 0.0
     max_passage_chars: int = 300  # per passage in the prompt (a window focused on the question)
+    max_question_chars: int = 2_000  # a longer question is refused with a message (CLI and web app)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
         if self.index_dir is not None:
             object.__setattr__(self, "index_dir", Path(self.index_dir).expanduser())
         for name in ("chunk_size", "dense_k", "bm25_k", "rrf_k", "top_k", "max_new_tokens", "embed_batch_size",
-                     "rerank_candidates", "max_passage_chars"):
+                     "rerank_candidates", "max_passage_chars", "max_line_chars", "max_pdf_pages", "max_pdf_chars",
+                     "max_question_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
         if not 0 <= self.chunk_overlap < self.chunk_size:
@@ -86,6 +96,9 @@ class Settings:
             )
         if self.temperature < 0:
             raise ConfigError(f"temperature ({self.temperature}) must be >= 0 (0 means greedy decoding)")
+        for name in ("lock_timeout_s", "version_grace_s", "keep_versions"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be >= 0")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads ({self.num_threads}) must be >= 0 (0 keeps torch's default)")
         choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain"),
