@@ -23,3 +23,23 @@ class IndexNotFoundError(RagbotError):
 
 class MissingExtraError(RagbotError, ImportError):
     """An optional dependency is not installed."""
+
+
+class IndexCorruptError(RagbotError):
+    """An index version on disk is damaged or inconsistent (and no earlier version could be used)."""
+
+
+class IndexLockedError(RagbotError):
+    """Another writer held the index lock for longer than ``lock_timeout_s``."""
+
+
+class UnsafePublishError(RagbotError):
+    """A rebuild or prune would drop every file, or more than half of them; pass ``force`` to publish anyway.
+
+    ``dropped`` lists ``(source, reason)`` for each file that would go ("not found", "failed to load: ...").
+    """
+
+    def __init__(self, message: str, dropped: list[tuple[str, str]] | None = None, total: int = 0) -> None:
+        super().__init__(message)
+        self.dropped = list(dropped or [])
+        self.total = total
