@@ -63,7 +63,9 @@ class Chunker:
 
     def run(self, doc: LoadedDocument) -> list[Chunk]:
         chunks: list[Chunk] = []
-        doc_key = hashlib.sha1(doc.doc_id.encode()).hexdigest()[:10]
+        # 64 bits of the path's hash: ids stay unique across ~10^9 files; surrogateescape keeps a path with
+        # undecodable bytes (a zip made on Windows) hashable instead of failing the whole ingest
+        doc_key = hashlib.sha256(doc.doc_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         for page in doc.pages:
             if self.mode == "markdown" and doc.kind == "markdown":
                 sections = markdown_sections(page.text)

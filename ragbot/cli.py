@@ -18,16 +18,14 @@ def _settings(args: argparse.Namespace, **extra):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingest.chunking import Chunker
     from ingest.pipeline import IngestPipeline, tqdm_progress
     from ragbot.embedder import SentenceTransformerEmbedder
 
     settings = _settings(args)
-    pipeline = IngestPipeline(SentenceTransformerEmbedder.from_settings(settings),
-                              Chunker(settings.chunk_size, settings.chunk_overlap, settings.chunker),
-                              progress=tqdm_progress)
-    report = pipeline.run([Path(p) for p in args.paths], settings.index_path, prune=args.prune, rebuild=args.rebuild)
-    print(report.summary())
+    pipeline = IngestPipeline.from_settings(settings, SentenceTransformerEmbedder.from_settings(settings), tqdm_progress)
+    report = pipeline.run([Path(p) for p in args.paths], settings.index_path, prune=args.prune, rebuild=args.rebuild,
+                          force=args.force)
+    print(report.summary(verbose=args.verbose))
     if not report.ok:
         print("Nothing could be ingested: fix the files listed above (or give other paths).", file=sys.stderr)
         return 1
@@ -85,6 +83,31 @@ def cmd_ask(args: argparse.Namespace) -> int:
     t = answer.timings_ms
     print(f"\n(检索 {t.get('retrieval_ms', 0):.0f} ms，首字 {t.get('first_token_ms', 0):.0f} ms，"
           f"生成 {t.get('generate_ms', 0) / 1000:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from ragbot.store import IndexStore
+
+    settings = _settings(args)
+    path = settings.index_path
+    if args.index_command == "rollback":
+        with IndexStore.writer_lock(path, settings.lock_timeout_s):
+            before = IndexStore.current_version(path)
+            target = IndexStore.rollback(path, args.to)
+        print(f"index at {path}: live version is now {target.name} ({target.files} files, {target.chunks} chunks); "
+              f"was {before} (kept: `ragbot index rollback --to {before}` undoes this)")
+        return 0
+    versions = IndexStore.versions(path)
+    if not versions:
+        print(f"no index at {path}")
+        return 1
+    for v in versions:
+        when = dt.datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        state = f"DAMAGED: {v.error}" if v.error else f"{v.files} files, {v.chunks} chunks"
+        print(f"{'*' if v.current else ' '} {v.name}  {when}  {state}")
     return 0
 
 
@@ -196,7 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="index folder (default: <home>/index)")
     p.add_argument("--prune", action="store_true", help="remove files that no longer exist under the given folders")
     p.add_argument("--rebuild", action="store_true", help="start a new index (needed after changing embedder or chunking)")
+    p.add_argument("--force", action="store_true",
+                   help="publish a rebuild or prune even when it drops every file or more than half of them")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the encoding detected for each text file")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("index", help="list the index's versions or roll back to an earlier one")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    for name, text in (("versions", "list the versions kept on disk (* = live)"),
+                       ("rollback", "make the previous version (or --to VERSION) live again")):
+        q = isub.add_parser(name, help=text)
+        q.add_argument("--index", help="index folder (default: <home>/index)")
+        if name == "rollback":
+            q.add_argument("--to", help="version name from `ragbot index versions` (default: the one before the live one)")
+        q.set_defaults(func=cmd_index)
 
     p = sub.add_parser("ask", help="answer a question from the index, with citations")
     p.add_argument("question")

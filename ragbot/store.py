@@ -4,11 +4,20 @@ Layout of an index folder::
 
     index/
       CURRENT            name of the live version folder (replaced atomically)
-      v-<time>/          manifest.json, chunks.jsonl, dense.faiss, bm25/
-      .lock              held while a writer updates the index
+      v-<time>/          manifest.json, chunks.jsonl, dense.faiss, bm25/, .readers
+      .lock              held while a writer updates the index; says who holds it
 
-A save writes a complete new version folder, then swaps ``CURRENT`` with an atomic rename, so a
-crash at any moment leaves either the old or the new index, never a half-written one.
+Guarantees, as a database would give them:
+
+- **Atomic and durable.** A save writes a complete new version folder, fsyncs every file in it and
+  the folder, writes and fsyncs a new pointer file, swaps it for ``CURRENT`` with ``os.replace`` and
+  fsyncs the index folder. A crash or power loss at any moment leaves the old or the new index.
+- **Readers never see a half-deleted version.** A reader holds a shared lock on the version's
+  ``.readers`` file while it reads; superseded versions are deleted only when no reader holds one,
+  after a grace period, and the newest ``keep`` of them stay for ``ragbot index rollback``.
+- **Consistent or refused.** Loading checks that the manifest, chunks and vectors agree (one vector
+  per chunk, no chunk id twice); a damaged version is reported in one line and the previous one is
+  used; :meth:`IndexStore.add` refuses a chunk id the store already holds.
 """
 
 from __future__ import annotations
@@ -16,8 +25,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,8 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from ragbot.errors import IndexMismatchError, IndexNotFoundError, MissingExtraError
+from ragbot.errors import (IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError,
+                           MissingExtraError)
 from ragbot.types import Chunk
+
+log = logging.getLogger("ragbot.store")
 
 FORMAT_VERSION = 1
 
@@ -45,6 +60,11 @@ class FileRecord:
     kind: str = ""
     encoding: str | None = None
     pages: int | None = None
+    aliases: dict[str, str] = field(default_factory=dict)  # other paths with identical content: doc_id -> source
+
+    def names(self) -> list[str]:
+        """Every path this record stands for: its own, then its aliases'."""
+        return [self.doc_id, *self.aliases]
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,14 @@ class Manifest:
     def to_json(self) -> str:
         d = asdict(self)
         d["files"] = {k: {**asdict(v), "chunk_ids": list(v.chunk_ids)} for k, v in self.files.items()}
-        return json.dumps(d, ensure_ascii=False, indent=1)
+        return _json(d, indent=1)
+
+    def owner(self, doc_id: str) -> FileRecord | None:
+        """The record that holds ``doc_id``, as its own path or as an alias."""
+        record = self.files.get(doc_id)
+        if record is not None:
+            return record
+        return next((r for r in self.files.values() if doc_id in r.aliases), None)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -128,6 +155,7 @@ class IndexStore:
         self._bm25_order = list(bm25_order)
         self._by_fid = {fid: cid for cid, fid in fids.items()}
         self._gpu_dense: Any = None
+        self.version = ""  # the version folder this store was loaded from or last saved as
 
     # ---- creation and persistence -------------------------------------------------------
     @classmethod
@@ -142,46 +170,130 @@ class IndexStore:
     def exists(path: Path) -> bool:
         return (Path(path) / "CURRENT").is_file()
 
+    @staticmethod
+    def current_version(path: Path) -> str:
+        """The name of the live version folder ('' when there is none)."""
+        try:
+            return (Path(path) / "CURRENT").read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def version_names(path: Path) -> list[str]:
+        """Published version folders, oldest first."""
+        path = Path(path)
+        if not path.is_dir():
+            return []
+        return sorted((p.name for p in path.iterdir() if p.is_dir() and p.name.startswith("v-")), key=_version_time)
+
     @classmethod
     def load(cls, path: Path, expect: IndexSpec | None = None) -> IndexStore:
-        """Load the index at ``path``; with ``expect``, fail unless it was built with those settings."""
-        faiss = import_faiss()
+        """Load the live version of the index at ``path``; with ``expect``, fail unless it was built with those settings.
 
+        A damaged live version (truncated or corrupt file, vectors and chunks out of step) is reported
+        in one line and the newest earlier version that reads cleanly is used instead.
+        """
+        import_faiss()
         path = Path(path)
         if not cls.exists(path):
             raise IndexNotFoundError(f"no index at {path}; build one with: ragbot ingest PATH... --index {path}")
-        version = path / (path / "CURRENT").read_text().strip()
-        manifest = Manifest.from_json((version / "manifest.json").read_text(encoding="utf-8"))
+        current = cls.current_version(path)
+        candidates = [current] + [n for n in reversed(cls.version_names(path)) if n != current]
+        first_error: IndexCorruptError | None = None
+        for name in candidates:
+            try:
+                store = cls._load_version(path, name)
+            except IndexCorruptError as e:
+                first_error = first_error or e
+                continue
+            if name != current:
+                log.warning("index at %s: %s; using the previous version %s (ragbot index rollback makes that "
+                            "permanent)", path, first_error, name)
+            store._check_spec(path, expect)
+            return store
+        raise IndexCorruptError(f"{first_error}; no earlier version of {path} could be read. Rebuild it: "
+                                f"ragbot ingest PATH... --index {path} --rebuild")
+
+    @classmethod
+    def _load_version(cls, path: Path, name: str) -> IndexStore:
+        """Read one version folder under its shared reader lock; :class:`IndexCorruptError` when it is damaged."""
+        version = path / name
+        try:
+            lock = open(version / ".readers", "rb")
+        except FileNotFoundError:  # removed (or never finished) before we got here
+            if (version / "manifest.json").is_file():
+                return cls._read_version(version)  # an index saved before reader locks existed
+            raise IndexCorruptError(f"version {name} is missing") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            if not (version / "manifest.json").is_file():
+                raise IndexCorruptError(f"version {name} was removed while opening it")
+            return cls._read_version(version)
+
+    @classmethod
+    def _read_version(cls, version: Path) -> IndexStore:
+        faiss = import_faiss()
+
+        name = version.name
+        try:
+            manifest = Manifest.from_json(_read_text(version / "manifest.json"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise IndexCorruptError(f"version {name} has an unreadable manifest ({type(e).__name__}: {e})") from None
         if manifest.format_version != FORMAT_VERSION:
             raise IndexMismatchError(
-                f"index at {path} has format {manifest.format_version}, this ragbot reads {FORMAT_VERSION}; "
-                f"re-ingest: ragbot ingest PATH... --index {path} --rebuild"
+                f"index at {version.parent} has format {manifest.format_version}, this ragbot reads {FORMAT_VERSION}; "
+                f"re-ingest: ragbot ingest PATH... --index {version.parent} --rebuild"
             )
-        if expect is not None:
-            diffs = expect.differences(manifest.spec)
-            if diffs:
-                raise IndexMismatchError(
-                    f"index at {path} was built with other settings: {'; '.join(diffs)}. "
-                    f"Re-ingest with the current settings: ragbot ingest PATH... --index {path} --rebuild"
-                )
         chunks, fids, tokens = {}, {}, {}
-        with open(version / "chunks.jsonl", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                fids[row["chunk"]["id"]] = row["fid"]
-                tokens[row["chunk"]["id"]] = row["tokens"]
-                chunks[row["chunk"]["id"]] = Chunk.from_dict(row["chunk"])
-        dense = faiss.read_index(str(version / "dense.faiss"))
-        bm25, order = None, []
-        if (version / "bm25").is_dir():
-            import bm25s
+        try:
+            with open(version / "chunks.jsonl", encoding="utf-8", errors="strict") as f:
+                for number, line in enumerate(f, start=1):
+                    row = json.loads(line)
+                    cid = row["chunk"]["id"]
+                    if cid in chunks:
+                        raise ValueError(f"chunk id {cid!r} appears twice (line {number})")
+                    fids[cid], tokens[cid], chunks[cid] = row["fid"], row["tokens"], Chunk.from_dict(row["chunk"])
+            dense = faiss.read_index(str(version / "dense.faiss"))
+            bm25, order = None, []
+            if (version / "bm25").is_dir():
+                import bm25s
 
-            bm25 = bm25s.BM25.load(str(version / "bm25"))
-            order = json.loads((version / "bm25_order.json").read_text())
-        return cls(manifest, chunks, fids, tokens, dense, bm25, order)
+                bm25 = bm25s.BM25.load(str(version / "bm25"))
+                order = json.loads((version / "bm25_order.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise IndexCorruptError(f"version {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        listed = {c for r in manifest.files.values() for c in r.chunk_ids}
+        problems = []
+        if dense.ntotal != len(chunks):
+            problems.append(f"{dense.ntotal} vectors for {len(chunks)} chunks")
+        if len(set(fids.values())) != len(fids):
+            problems.append("two chunks share a vector id")
+        if listed != set(chunks):
+            problems.append(f"the manifest lists {len(listed)} chunks, the chunk file holds {len(chunks)}")
+        if bm25 is not None and len(order) != len(chunks):
+            problems.append(f"BM25 covers {len(order)} of {len(chunks)} chunks")
+        if problems:
+            raise IndexCorruptError(f"version {name} is inconsistent: {'; '.join(problems)}")
+        store = cls(manifest, chunks, fids, tokens, dense, bm25, order)
+        store.version = name
+        return store
 
-    def save(self, path: Path) -> Path:
-        """Write a new version folder and switch ``CURRENT`` to it atomically; older versions are removed."""
+    def _check_spec(self, path: Path, expect: IndexSpec | None) -> None:
+        diffs = expect.differences(self.manifest.spec) if expect is not None else []
+        if diffs:
+            raise IndexMismatchError(
+                f"index at {path} was built with other settings: {'; '.join(diffs)}. "
+                f"Re-ingest with the current settings: ragbot ingest PATH... --index {path} --rebuild"
+            )
+
+    def save(self, path: Path, *, keep: int = 2, grace_s: float = 300.0) -> Path:
+        """Publish this store as a new version of the index at ``path`` (atomic, durable); returns its folder.
+
+        Order (each step durable before the next): every file of the new version → the version folder
+        → its rename into place → the pointer file → ``os.replace`` onto ``CURRENT`` → the index folder.
+        Then superseded versions beyond the newest ``keep`` are removed once they are older than
+        ``grace_s`` and no reader holds them.
+        """
         faiss = import_faiss()
 
         path = Path(path)
@@ -192,38 +304,128 @@ class IndexStore:
         try:
             with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
                 for cid, chunk in self.chunks.items():
-                    row = {"fid": self.fids[cid], "tokens": self.tokens[cid], "chunk": chunk.to_dict()}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.write(_json({"fid": self.fids[cid], "tokens": self.tokens[cid], "chunk": chunk.to_dict()}) + "\n")
             faiss.write_index(self.dense, str(tmp / "dense.faiss"))
             if self.bm25 is not None:
                 self.bm25.save(str(tmp / "bm25"))
                 (tmp / "bm25_order.json").write_text(json.dumps(self._bm25_order))
             (tmp / "manifest.json").write_text(self.manifest.to_json(), encoding="utf-8")
-            _fsync_dir(tmp)
+            (tmp / ".readers").touch()
+            _fsync_tree(tmp)
             tmp.rename(path / name)
-            pointer = path / ".CURRENT.tmp"
-            pointer.write_text(name)
-            os.replace(pointer, path / "CURRENT")
             _fsync_dir(path)
+            _publish_pointer(path, name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for old in path.iterdir():
-            if old.is_dir() and old.name != name and (old.name.startswith("v-") or old.name.startswith(".tmp-")):
-                shutil.rmtree(old, ignore_errors=True)
+        self.version = name
+        self.prune_versions(path, keep=keep, grace_s=grace_s)
         return path / name
+
+    @classmethod
+    def prune_versions(cls, path: Path, *, keep: int = 2, grace_s: float = 300.0) -> list[str]:
+        """Delete superseded versions beyond the newest ``keep``: only those superseded more than ``grace_s``
+        ago and held by no reader (a non-blocking exclusive lock on ``.readers``). Returns what was removed."""
+        path = Path(path)
+        current = cls.current_version(path)
+        names = cls.version_names(path)
+        older = [n for n in names if n != current]
+        keep_names = set(older[len(older) - keep:]) if keep else set()
+        now = time.time_ns()
+        removed = []
+        for i, n in enumerate(names):
+            successor = names[i + 1] if i + 1 < len(names) else None
+            if n == current or n in keep_names or successor is None:
+                continue
+            if (now - _version_time(successor)) / 1e9 < grace_s:
+                continue  # superseded too recently: a reader may be about to open it
+            if _remove_unless_read(path / n):
+                removed.append(n)
+        for tmp in path.glob(".tmp-v-*"):  # left by a writer that crashed (we hold the writer lock, or no one does)
+            if time.time() - tmp.stat().st_mtime > max(grace_s, 60):
+                shutil.rmtree(tmp, ignore_errors=True)
+        return removed
+
+    @classmethod
+    def versions(cls, path: Path) -> list[VersionInfo]:
+        """Every version on disk, newest first, with whether it reads cleanly."""
+        path = Path(path)
+        current = cls.current_version(path)
+        out = []
+        for name in reversed(cls.version_names(path)):
+            try:
+                store = cls._load_version(path, name)
+                out.append(VersionInfo(name, _version_time(name) / 1e9, name == current, len(store.manifest.files),
+                                       len(store), ""))
+            except (IndexCorruptError, IndexMismatchError) as e:
+                out.append(VersionInfo(name, _version_time(name) / 1e9, name == current, 0, 0, str(e)))
+        return out
+
+    @classmethod
+    def rollback(cls, path: Path, to: str | None = None) -> VersionInfo:
+        """Make an earlier version live again: ``to`` by name, or the newest readable one older than the live one.
+
+        Call it holding :meth:`writer_lock`. The version rolled back from stays on disk (it is pruned later
+        like any superseded version), so a rollback can itself be undone with ``to``.
+        """
+        path = Path(path)
+        if not cls.exists(path):
+            raise IndexNotFoundError(f"no index at {path}; nothing to roll back")
+        infos = cls.versions(path)
+        current = cls.current_version(path)
+        if to is not None:
+            target = next((v for v in infos if v.name == to), None)
+            if target is None:
+                raise IndexNotFoundError(f"no version {to!r} in {path}; versions: {', '.join(v.name for v in infos)}")
+            if target.error:
+                raise IndexCorruptError(f"version {to} cannot be used: {target.error}")
+        else:
+            older = [v for v in infos if _version_time(v.name) < _version_time(current) and not v.error]
+            if not older:
+                raise IndexNotFoundError(f"index at {path} has no earlier readable version to roll back to")
+            target = older[0]
+        _publish_pointer(path, target.name)
+        return target
 
     @staticmethod
     @contextlib.contextmanager
-    def writer_lock(path: Path) -> Iterator[None]:
-        """Hold an exclusive lock while changing the index, so the app and the CLI never write at once."""
+    def writer_lock(path: Path, timeout_s: float = 600.0) -> Iterator[None]:
+        """Hold an exclusive lock while changing the index, so the app and the CLI never write at once.
+
+        A second writer says once who holds the lock (pid, host, command, since when) and gives up with
+        :class:`IndexLockedError` after ``timeout_s`` seconds.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with open(path / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with open(path / ".lock", "a+", encoding="utf-8") as fh:
+            deadline = time.monotonic() + timeout_s
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = _lock_holder(fh)
+                    if time.monotonic() >= deadline:
+                        raise IndexLockedError(
+                            f"index at {path} is being changed by {holder}; gave up after {timeout_s:g} s. "
+                            f"Wait for it to finish, or raise lock_timeout_s") from None
+                    if not told:
+                        log.warning("waiting for the index lock on %s, held by %s (at most %g s)", path, holder,
+                                    timeout_s)
+                        told = True
+                    time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
             try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                                     "command": " ".join(sys.argv)[:200]}))
+                fh.flush()
                 yield
             finally:
+                fh.seek(0)
+                fh.truncate()
+                fh.flush()
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ---- changes --------------------------------------------------------------------------
@@ -232,6 +434,12 @@ class IndexStore:
             raise ValueError(f"{len(chunks)} chunks, {len(vectors)} vectors and {len(tokens)} token lists must match")
         if not chunks:
             return
+        ids_in = [c.id for c in chunks]
+        held = [cid for cid in ids_in if cid in self.chunks]
+        if held or len(set(ids_in)) != len(ids_in):
+            dup = held[0] if held else next(c for c in ids_in if ids_in.count(c) > 1)
+            raise ValueError(f"chunk id {dup!r} is already in the index (or twice in this batch); "
+                             "drop the file's old chunks first (drop_file) or rebuild the index")
         start = self.manifest.next_fid
         ids = np.arange(start, start + len(chunks), dtype=np.int64)
         self.dense.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
@@ -329,6 +537,98 @@ def _replace(manifest: Manifest, **changes: Any) -> Manifest:
     import dataclasses
 
     return dataclasses.replace(manifest, **changes)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version folder of an index, as ``ragbot index versions`` lists it."""
+
+    name: str
+    created_at: float
+    current: bool
+    files: int
+    chunks: int
+    error: str = ""  # why it cannot be read ("" when it can)
+
+
+def _version_time(name: str) -> int:
+    try:
+        return int(name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _json(obj: Any, indent: int | None = None) -> str:
+    """JSON with CJK kept readable; a path holding undecodable bytes (lone surrogates) is written escaped instead."""
+    text = json.dumps(obj, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, indent=indent)
+    return text
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _lock_holder(fh: Any) -> str:
+    try:
+        fh.seek(0)
+        info = json.loads(fh.read() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process"
+    since = time.strftime("%H:%M:%S", time.localtime(info.get("since", 0)))
+    return f"pid {info.get('pid')} on {info.get('host')} ({info.get('command') or '?'}) since {since}"
+
+
+def _publish_pointer(path: Path, name: str) -> None:
+    pointer = path / ".CURRENT.tmp"
+    with open(pointer, "w", encoding="utf-8") as f:
+        f.write(name)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer, path / "CURRENT")
+    _fsync_dir(path)
+
+
+def _remove_unless_read(version: Path) -> bool:
+    """Delete a version folder unless a reader holds its ``.readers`` lock right now."""
+    try:
+        lock = open(version / ".readers", "rb")
+    except FileNotFoundError:
+        shutil.rmtree(version, ignore_errors=True)
+        return True
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # remove the data first and the lock file last, so a reader that opens it now finds no manifest
+        for p in sorted(version.rglob("*"), key=lambda p: -len(p.parts)):
+            if p.name != ".readers":
+                p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+        shutil.rmtree(version, ignore_errors=True)
+    return True
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every folder (deepest first), then ``root``."""
+    dirs = []
+    for p in root.rglob("*"):
+        if p.is_dir():
+            dirs.append(p)
+        else:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):
+        _fsync_dir(d)
+    _fsync_dir(root)
 
 
 def _fsync_dir(path: Path) -> None:

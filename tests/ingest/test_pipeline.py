@@ -3,7 +3,7 @@ import pytest
 from fakes import FakeEmbedder
 from ingest.chunking import Chunker
 from ingest.pipeline import IngestPipeline
-from ragbot.errors import IndexMismatchError
+from ragbot.errors import IndexMismatchError, UnsafePublishError
 from ragbot.store import IndexStore
 
 
@@ -17,7 +17,8 @@ def corpus(tmp_path):
 
 
 def run(embedder, corpus, index, **kw):
-    return IngestPipeline(embedder, Chunker(200, 20)).run([corpus], index, **kw)
+    paths = corpus if isinstance(corpus, list) else [corpus]
+    return IngestPipeline(embedder, Chunker(200, 20), version_grace_s=0).run(paths, index, **kw)
 
 
 def test_first_ingest_indexes_every_file(tmp_path, corpus):
@@ -118,3 +119,189 @@ def test_a_crash_while_saving_leaves_the_old_index(tmp_path, corpus, monkeypatch
     store = IndexStore.load(idx)
     assert len(store.manifest.files) == 2
     assert [p.name for p in idx.iterdir() if p.name.startswith(".tmp")] == []
+
+
+# ---- nothing a user does loses the knowledge base ----------------------------------------------------
+
+
+def _consistent(store):
+    listed = [c for r in store.manifest.files.values() for c in r.chunk_ids]
+    return store.dense.ntotal == len(store) == len(listed) == len(set(listed))
+
+
+def test_the_same_file_twice_in_one_run_is_one_record(tmp_path, corpus):
+    idx = tmp_path / "idx"
+    report = run(FakeEmbedder(), [corpus, corpus / "a.md", corpus / "." / "a.md"], idx)
+    assert sorted(report.added) == ["a.md", "b.txt"] and report.files_seen == 2
+    store = IndexStore.load(idx)
+    assert len(store.manifest.files) == 2 and _consistent(store)
+    q = FakeEmbedder().embed_query("ReLU 把负数置零")[None]
+    assert store.search_dense(q, 10)[0], "search over the document works (was KeyError before)"
+    doc_id = str((corpus / "a.md").resolve())
+    store.drop_file(doc_id)
+    assert store.dense.ntotal == len(store) == 1
+    store.drop_file(str((corpus / "b.txt").resolve()))
+    assert store.dense.ntotal == 0, "deleting leaves no vector behind"
+
+
+def test_a_symlink_alias_is_the_same_file(tmp_path, corpus):
+    (corpus / "link.md").symlink_to(corpus / "a.md")
+    idx = tmp_path / "idx"
+    report = run(FakeEmbedder(), [corpus], idx)
+    assert sorted(report.added) == ["a.md", "b.txt"] and not report.duplicates
+    store = IndexStore.load(idx)
+    assert len(store.manifest.files) == 2 and _consistent(store)
+    assert run(FakeEmbedder(), [corpus], idx).unchanged
+
+
+def test_identical_content_under_two_names_is_indexed_once_and_both_names_listed(tmp_path, corpus):
+    (corpus / "copy.md").write_bytes((corpus / "a.md").read_bytes())
+    idx = tmp_path / "idx"
+    report = run(FakeEmbedder(), corpus, idx)
+    assert report.duplicates == (("copy.md", "a.md"),) and "DUPLICATE copy.md" in report.summary()
+    store = IndexStore.load(idx)
+    record = store.manifest.files[str((corpus / "a.md").resolve())]
+    assert record.aliases == {str((corpus / "copy.md").resolve()): "copy.md"}
+    assert len(store) == 2 and _consistent(store)
+    again = run(FakeEmbedder(), corpus, idx)
+    assert sorted(again.unchanged) == ["a.md", "b.txt", "copy.md"] and not again.added
+    # the copy diverges: it becomes a file of its own, the original loses the alias
+    (corpus / "copy.md").write_text("# 拷贝\n\n现在内容不同了。\n", encoding="utf-8")
+    report = run(FakeEmbedder(), corpus, idx)
+    assert report.added == ("copy.md",)
+    store = IndexStore.load(idx)
+    assert store.manifest.files[str((corpus / "a.md").resolve())].aliases == {} and _consistent(store)
+
+
+def test_when_the_indexed_copy_goes_its_alias_is_indexed_on_its_own(tmp_path, corpus):
+    (corpus / "copy.md").write_bytes((corpus / "a.md").read_bytes())
+    idx = tmp_path / "idx"
+    run(FakeEmbedder(), corpus, idx)
+    (corpus / "a.md").unlink()
+    report = run(FakeEmbedder(), corpus, idx, prune=True)
+    assert report.removed == ("a.md",)
+    store = IndexStore.load(idx)
+    assert set(store.manifest.files) == {str((corpus / n).resolve()) for n in ("b.txt", "copy.md")}
+    assert any("ReLU" in c.text and c.source == "copy.md" for c in store.chunks.values()) and _consistent(store)
+
+
+def test_an_alias_whose_original_changes_keeps_its_content(tmp_path, corpus):
+    (corpus / "copy.md").write_bytes((corpus / "a.md").read_bytes())
+    idx = tmp_path / "idx"
+    run(FakeEmbedder(), corpus, idx)
+    (corpus / "a.md").write_text("# 激活函数\n\nGELU 更平滑。\n", encoding="utf-8")
+    run(FakeEmbedder(), corpus, idx)
+    store = IndexStore.load(idx)
+    texts = {c.source: c.text for c in store.chunks.values()}
+    assert "GELU" in texts["a.md"] and "ReLU" in texts["copy.md"] and _consistent(store)
+
+
+def test_a_non_utf8_file_name_is_ingested_beside_good_files(tmp_path, corpus):
+    import os
+
+    raw = os.path.join(os.fsencode(str(corpus)), "测试".encode("gbk") + b".md")
+    with open(raw, "wb") as f:
+        f.write("# 标题\n\n注意力机制。\n".encode())
+    idx = tmp_path / "idx"
+    report = run(FakeEmbedder(), corpus, idx)
+    assert len(report.added) == 3 and not report.failed
+    report.summary().encode("utf-8")  # printable: the odd name is shown escaped
+    store = IndexStore.load(idx)
+    assert len(store.manifest.files) == 3 and _consistent(store)
+    assert run(FakeEmbedder(), corpus, idx).unchanged, "and a re-run finds it unchanged"
+
+
+def test_an_unexpected_error_in_one_file_is_reported_and_the_rest_go_on(tmp_path, corpus, monkeypatch):
+    from ingest.loaders import DocumentLoader
+
+    real = DocumentLoader.run
+
+    def flaky(self, path, root=None):
+        if path.name == "a.md":
+            raise RuntimeError("parser exploded")
+        return real(self, path, root)
+
+    monkeypatch.setattr(DocumentLoader, "run", flaky)
+    report = run(FakeEmbedder(), corpus, tmp_path / "idx")
+    assert report.added == ("b.txt",)
+    assert [f.reason for f in report.failed] == ["could not be read (RuntimeError: parser exploded)"]
+
+
+def test_an_error_while_splitting_one_file_is_reported(tmp_path, corpus, monkeypatch):
+    real = Chunker.run
+
+    def flaky(self, doc):
+        if doc.source == "b.txt":
+            raise MemoryError("too big")
+        return real(self, doc)
+
+    monkeypatch.setattr(Chunker, "run", flaky)
+    report = run(FakeEmbedder(), corpus, tmp_path / "idx")
+    assert report.added == ("a.md",) and "could not be split (MemoryError" in report.failed[0].reason
+
+
+@pytest.mark.parametrize("case", ["empty-dir", "missing-dir", "all-fail"])
+def test_a_rebuild_that_would_drop_every_file_is_refused(tmp_path, corpus, case):
+    idx = tmp_path / "idx"
+    run(FakeEmbedder(), corpus, idx)
+    before = (idx / "CURRENT").read_text()
+    target = tmp_path / "empty"
+    if case == "empty-dir":
+        target.mkdir()
+    elif case == "all-fail":
+        for f in corpus.iterdir():
+            f.write_bytes(b"")
+        target = corpus
+    with pytest.raises(UnsafePublishError, match=r"drop 2 of 2 indexed files .*--force") as e:
+        run(FakeEmbedder(), target, idx, rebuild=True)
+    reasons = {r for _, r in e.value.dropped}
+    assert reasons == ({"failed to load: is empty"} if case == "all-fail" else {"not found"})
+    assert (idx / "CURRENT").read_text() == before and len(IndexStore.load(idx)) == 2
+
+
+def test_a_prune_over_a_folder_whose_files_all_fail_is_refused(tmp_path, corpus):
+    idx = tmp_path / "idx"
+    run(FakeEmbedder(), corpus, idx)
+    before = (idx / "CURRENT").read_text()
+    for f in corpus.iterdir():
+        f.write_bytes(b"\x00\x01\x02 binary now")
+    # a changed file that fails to load keeps its old chunks; prune must not remove files that only failed
+    report = run(FakeEmbedder(), corpus, idx, prune=True)
+    assert not report.removed and (idx / "CURRENT").read_text() == before
+    for f in list(corpus.iterdir()):
+        f.unlink()
+    with pytest.raises(UnsafePublishError, match="drop 2 of 2"):
+        run(FakeEmbedder(), corpus, idx, prune=True)
+    assert (idx / "CURRENT").read_text() == before
+
+
+def test_dropping_more_than_half_needs_force_and_less_does_not(tmp_path, corpus):
+    for n in ("c", "d"):
+        (corpus / f"{n}.md").write_text(f"# {n}\n\n内容 {n}。\n", encoding="utf-8")
+    idx = tmp_path / "idx"
+    run(FakeEmbedder(), corpus, idx)
+    (corpus / "d.md").unlink()
+    assert run(FakeEmbedder(), corpus, idx, prune=True).removed == ("d.md",)  # 1 of 4: fine
+    for n in ("b.txt", "c.md"):
+        (corpus / n).unlink()
+    with pytest.raises(UnsafePublishError, match="drop 2 of 3"):
+        run(FakeEmbedder(), corpus, idx, prune=True)
+    report = run(FakeEmbedder(), corpus, idx, prune=True, force=True)
+    assert sorted(report.removed) == ["b.txt", "c.md"] and len(IndexStore.load(idx).manifest.files) == 1
+
+
+def test_a_forced_empty_rebuild_can_be_rolled_back(tmp_path, corpus):
+    idx = tmp_path / "idx"
+    run(FakeEmbedder(), corpus, idx)
+    (tmp_path / "empty").mkdir()
+    run(FakeEmbedder(), tmp_path / "empty", idx, rebuild=True, force=True)
+    assert len(IndexStore.load(idx)) == 0
+    IndexStore.rollback(idx)
+    assert len(IndexStore.load(idx)) == 2
+
+
+def test_chunk_ids_carry_64_bits_of_path_hash(tmp_path, corpus):
+    run(FakeEmbedder(), corpus, tmp_path / "idx")
+    for cid in IndexStore.load(tmp_path / "idx").chunks:
+        key = cid.rsplit("-", 1)[0]
+        assert len(key) == 16 and int(key, 16) >= 0

@@ -48,3 +48,41 @@ def test_answer_to_json_shape():
     assert set(d) >= {"question", "answer", "refused", "citations", "hits", "timings_ms"}
     assert d["citations"][0] == {"n": 1, "chunk_id": "c1", "source": "a.md", "page": 2, "heading": "H", "text": "文本"}
     assert d["hits"][0]["score"] == 0.5 and d["timings_ms"]["retrieval_ms"] == 1.2
+
+
+def _fake_embedder(monkeypatch):
+    from fakes import FakeEmbedder
+    from ragbot.embedder import SentenceTransformerEmbedder
+
+    monkeypatch.setattr(SentenceTransformerEmbedder, "from_settings", classmethod(lambda cls, s: FakeEmbedder()))
+
+
+def test_a_mistyped_rebuild_is_refused_in_one_line_and_rollback_restores_a_forced_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAGBOT_HOME", str(tmp_path))
+    monkeypatch.setenv("RAGBOT_VERSION_GRACE_S", "0")
+    _fake_embedder(monkeypatch)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in ("a", "b"):
+        (docs / f"{n}.md").write_text(f"# {n}\n\n第 {n} 篇文档的内容。\n", encoding="utf-8")
+    assert cli.main(["ingest", str(docs)]) == 0
+    capsys.readouterr()
+    assert cli.main(["ingest", str(tmp_path / "dcos"), "--rebuild"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert err.startswith("error: refusing to rebuild") and "drop 2 of 2" in err and "--force" in err
+    assert "dcos does not exist" in err
+    assert cli.main(["ingest", str(tmp_path / "dcos"), "--rebuild", "--force"]) == 1  # published, nothing ingested
+    assert "0 in the index" in capsys.readouterr().out
+    assert cli.main(["index", "rollback"]) == 0
+    assert "2 files" in capsys.readouterr().out
+    assert cli.main(["index", "versions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) >= 2 and out[1].startswith("*") and "2 files" in out[1]
+
+
+def test_ingest_verbose_prints_each_files_encoding(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAGBOT_HOME", str(tmp_path))
+    _fake_embedder(monkeypatch)
+    (tmp_path / "gbk.txt").write_bytes("注意力机制是一种加权求和。".encode("gbk"))
+    assert cli.main(["ingest", str(tmp_path / "gbk.txt"), "-v"]) == 0
+    assert "encoding gb18030: gbk.txt" in capsys.readouterr().out
