@@ -191,23 +191,20 @@ class SharedModels:
 def ensure_variant_indexes(base: Settings, variants: Sequence[Variant], progress=None,
                            embedder_factory: Callable[[Settings], Any] | None = None) -> list[str]:
     """Build the extra indexes that variants with other chunking need, from the main index's files."""
-    from ingest.chunking import Chunker
     from ingest.pipeline import IngestPipeline
     from ragbot.embedder import SentenceTransformerEmbedder
     from ragbot.store import IndexStore
 
     built = []
     main = IndexStore.load(base.index_path)
-    files = [Path(doc_id) for doc_id in main.manifest.files]
+    files = [Path(name) for record in main.manifest.files.values() for name in record.names()]
     for variant in variants:
         vs = variant.settings(base)
         path = variant_index_path(base, vs)
         if not variant.retrieval or path == base.index_path or IndexStore.exists(path):
             continue
         embedder = (embedder_factory or SentenceTransformerEmbedder.from_settings)(vs)
-        pipeline = IngestPipeline(embedder,
-                                  Chunker(vs.chunk_size, vs.chunk_overlap, vs.chunker), progress=progress)
-        pipeline.run(files, path)
+        IngestPipeline.from_settings(vs, embedder, progress).run(files, path)
         built.append(str(path))
     return built
 
