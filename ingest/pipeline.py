@@ -24,14 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest.chunking import Chunker
-from ingest.loaders import DocumentLoader, LoadedDocument, LoadError, discover
-try:  # TEMP until loaders lands
-    from ingest.loaders import display_path
-except ImportError:
-    import os as _os
-
-    def display_path(path):
-        return _os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+from ingest.loaders import DocumentLoader, LoadedDocument, LoadError, discover, display_path
 from ragbot.embedder import Embedder
 from ragbot.errors import IndexCorruptError, IndexMismatchError, UnsafePublishError
 from ragbot.store import FileRecord, IndexSpec, IndexStore, bm25_tokens
@@ -106,7 +99,8 @@ class IngestPipeline:
                       progress: ProgressFactory | None = None) -> IngestPipeline:
         """The pipeline ``ragbot ingest`` and the web app run: chunking, limits and index options from ``settings``."""
         return cls(embedder, Chunker(settings.chunk_size, settings.chunk_overlap, settings.chunker),
-                   DocumentLoader(),
+                   DocumentLoader(max_line_chars=settings.max_line_chars, max_pdf_pages=settings.max_pdf_pages,
+                                  max_pdf_chars=settings.max_pdf_chars),
                    progress, lock_timeout_s=settings.lock_timeout_s, keep_versions=settings.keep_versions,
                    version_grace_s=settings.version_grace_s)
 
@@ -205,7 +199,7 @@ class IngestPipeline:
         seconds["total"] = time.perf_counter() - t0
         added = [d.source for d, _ in to_index if d.doc_id not in plan.replaced]
         changed = [d.source for d, _ in to_index if d.doc_id in plan.replaced]
-        notes = [FileFailure(d.source, n) for d in docs for n in getattr(d, "notes", ())]
+        notes = [FileFailure(d.source, n) for d in docs for n in d.notes]
         encodings = [(d.source, d.encoding) for d in docs if d.encoding]
         return IngestReport(str(index_path), len(unique) + len(errors), tuple(added), tuple(changed),
                             tuple(plan.unchanged), tuple(plan.removed_sources), tuple(failed), len(new_chunks),
