@@ -165,7 +165,9 @@ def _decode_with_nuls(data: bytes) -> tuple[str, str, str | None]:
                 continue
             head = text[:_SAMPLE]
             odd = len(head) - _TEXTLIKE.subn("", head)[1]
-            if odd <= len(head) * 0.02 and (ascii_heavy or _SEPARATOR.subn("", head)[1] >= max(2, len(head) * 0.02)):
+            # the zeros vouch for ASCII only in the byte order where they are the high bytes (order[0])
+            heavy = ascii_heavy and encoding == order[0]
+            if odd <= len(head) * 0.02 and (heavy or _SEPARATOR.subn("", head)[1] >= max(2, len(head) * 0.02)):
                 return text, encoding, None
     raise ValueError(f"looks like a binary file (it contains {data.count(0):,} NUL bytes and is neither UTF-8 nor "
                      "UTF-16 text); if it is text, re-save it as UTF-8")

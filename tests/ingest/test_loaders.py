@@ -321,3 +321,10 @@ def test_a_20_mb_single_line_file_loads_in_bounded_memory_and_time(tmp_path, nam
 def test_limits_must_be_positive(field):
     with pytest.raises(ValueError, match=f"{field} \\(0\\) must be at least 1"):
         DocumentLoader(**{field: 0})
+
+
+def test_binary_with_regular_nuls_is_not_read_as_utf16(tmp_path):
+    f = tmp_path / "binary.txt"
+    f.write_bytes(b"\x00\x01\x02\x03" * 64)  # zeros at even offsets: UTF-16-BE would be control characters
+    with pytest.raises(LoadError, match="binary"):
+        DocumentLoader().run(f)
