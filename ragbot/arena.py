@@ -233,12 +233,30 @@ class VoteStore:
         return _write_csv(votes, path_or_buffer)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """``value`` as a CSV cell that a spreadsheet shows as text, never runs as a formula.
+
+    Questions and answers come from users, documents and models: a cell starting with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return is read by Excel or LibreOffice as a formula
+    (``=HYPERLINK(...)``, DDE), so it gets a leading ``'`` (the usual defence against CSV injection).
+
+    >>> csv_cell("=1+1"), csv_cell("LoRA"), csv_cell(3)
+    ("'=1+1", 'LoRA', '3')
+    """
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _write_csv(votes: Sequence[Vote], f: IO[str]) -> int:
     writer = csv.writer(f)
     writer.writerow(CSV_COLUMNS)
     for v in votes:
-        writer.writerow([v.id, v.created_at, v.question, v.variant_a, v.variant_b, v.answer_a, v.answer_b, v.vote,
-                         v.voter, json.dumps(dict(v.meta), ensure_ascii=False) if v.meta else ""])
+        writer.writerow([csv_cell(x) for x in (
+            v.id, v.created_at, v.question, v.variant_a, v.variant_b, v.answer_a, v.answer_b, v.vote, v.voter,
+            json.dumps(dict(v.meta), ensure_ascii=False) if v.meta else "")])
     return len(votes)
 
 

@@ -43,3 +43,7 @@ class UnsafePublishError(RagbotError):
         super().__init__(message)
         self.dropped = list(dropped or [])
         self.total = total
+
+
+class QuestionTooLongError(ConfigError):
+    """A question has more characters than ``max_question_chars``."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from ragbot.embedder import Embedder, SentenceTransformerEmbedder
-from ragbot.errors import IndexMismatchError
+from ragbot.errors import ConfigError, IndexMismatchError, QuestionTooLongError
 from ragbot.generation import ChatModel, Generator, HFChatModel
 from ragbot.grounding import KeyTermGate
 from ragbot.rerank import Reranker, make_reranker
@@ -47,13 +47,16 @@ class RagPipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, with_llm: bool = True, retrieval: bool = True,
-                      chat_model: ChatModel | None = None, embedder: Embedder | None = None) -> RagPipeline:
-        """Open the index (checking it matches the settings) and set up the stages; models load on first use."""
-        store = None
+                      chat_model: ChatModel | None = None, embedder: Embedder | None = None,
+                      store: IndexStore | None = None) -> RagPipeline:
+        """Open the index (checking it matches the settings) and set up the stages; models load on first use.
+
+        ``store`` is an index the caller already opened (the web app opens each version once and shares it).
+        """
         if retrieval:
             from ingest.chunking import Chunker
 
-            store = IndexStore.load(settings.index_path)
+            store = store if store is not None else IndexStore.load(settings.index_path)
             spec = store.manifest.spec
             chunking = Chunker(settings.chunk_size, settings.chunk_overlap, settings.chunker).spec
             if spec.embedder != settings.embedder or spec.chunking != chunking:
@@ -65,6 +68,8 @@ class RagPipeline:
                     f"Re-ingest: ragbot ingest PATH... --index {settings.index_path} --rebuild"
                 )
             embedder = embedder or SentenceTransformerEmbedder.from_settings(settings)
+        else:
+            store = None
         if with_llm and chat_model is None:
             chat_model = HFChatModel.from_settings(settings)
         return cls(settings, store, embedder, chat_model, make_reranker(settings, store))
@@ -83,8 +88,19 @@ class RagPipeline:
                 f"{self.store.manifest.spec.dim}-d ones; re-ingest with --rebuild"
             )
 
+    def check_question(self, question: str) -> None:
+        """Refuse an empty question, or one longer than ``max_question_chars`` (it would crowd the
+        passages out of the prompt and slow every stage), with a message that says what to do."""
+        n, limit = len(question.strip()), self.settings.max_question_chars
+        if not n:
+            raise ConfigError("the question is empty; type a question to ask")
+        if n > limit:
+            raise QuestionTooLongError(f"the question has {n} characters, more than max_question_chars ({limit}); "
+                                       "shorten it or raise max_question_chars")
+
     def retrieve(self, question: str, top_k: int | None = None) -> Retrieval:
         """Candidates from every stage; ``.final`` holds the top-k passages for the prompt."""
+        self.check_question(question)
         top_k = top_k or self.settings.top_k
         if self.retriever is None:
             return Retrieval(question)
@@ -112,11 +128,15 @@ class RagPipeline:
         """Yield the answer's text as it is generated, then the final :class:`Answer`.
 
         ``retrieval`` may be passed when the caller already retrieved (evaluation ranks 10 deep,
-        the app shows the candidates); its top ``top_k`` passages go to the LLM.
+        the app shows the candidates); its top ``top_k`` passages go to the LLM. A bad question
+        (:meth:`check_question`) or a pipeline without an LLM raises here, before the first item.
         """
         if self.generator is None:
             raise RuntimeError("this pipeline was opened without an LLM (with_llm=False)")
-        top_k = top_k or self.settings.top_k
+        self.check_question(question)
+        return self._ask_stream(question, top_k or self.settings.top_k, retrieval)
+
+    def _ask_stream(self, question: str, top_k: int, retrieval: Retrieval | None) -> Iterator[str | Answer]:
         retrieval = retrieval if retrieval is not None else self.retrieve(question, top_k)
         passages = retrieval.final[:top_k]
         decision = self.gate.run(question) if self.gate is not None else None

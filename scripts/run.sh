@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Set everything up, ingest the bundled corpus/ (only what changed) and start the web app on it.
 # The first run installs packages and builds the offline models (several minutes); later runs start in seconds.
+# The app has no login of its own, so it listens on 127.0.0.1 only: RAGBOT_ADDRESS=0.0.0.0 (or a LAN address)
+# opens it to the network, which is meant for behind an authenticating reverse proxy (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh cpu,ui
 export RAGBOT_HOME="${RAGBOT_HOME:-$PWD/data}"
 .venv/bin/ragbot ingest corpus/ --prune
+address="${RAGBOT_ADDRESS:-127.0.0.1}"
 port="${RAGBOT_PORT:-8501}"
 echo
-echo "ragbot is starting: open http://localhost:${port} (Ctrl+C stops it)"
+echo "ragbot is starting: open http://localhost:${port} (listening on ${address}; Ctrl+C stops it)"
 echo
-exec .venv/bin/streamlit run ui/app.py --server.headless true --server.port "$port" --server.maxUploadSize 20 \
-    --server.fileWatcherType none --client.toolbarMode viewer --browser.gatherUsageStats false
+exec .venv/bin/streamlit run ui/app.py --server.headless true --server.address "$address" --server.port "$port" \
+    --server.maxUploadSize 20 --server.fileWatcherType none --client.toolbarMode viewer --browser.gatherUsageStats false

@@ -33,6 +33,7 @@ from ui.resources import (  # noqa: E402
     fake_models_enabled,
     get_models,
     get_pipeline,
+    get_store,
     load_settings,
     reranker_spec,
 )
@@ -63,7 +64,7 @@ def sidebar(base: Settings, variants: dict[str, Variant], models: Models) -> cha
         st.markdown("#### 运行状态")
         if IndexStore.exists(base.index_path):
             try:
-                manifest = IndexStore.load(base.index_path).manifest
+                manifest = get_store(base.index_path).manifest
                 n_chunks = sum(len(r.chunk_ids) for r in manifest.files.values())
                 st.caption(f"知识库：{len(manifest.files)} 个文档 · {n_chunks} 个分块")
             except RagbotError as e:
@@ -82,18 +83,17 @@ def sidebar(base: Settings, variants: dict[str, Variant], models: Models) -> cha
                             top_k)
 
 
-def setup_panel(base: Settings, models: Models, corpus: Path | None) -> None:
+def setup_panel(corpus: Path | None, jobs: kb.JobView) -> None:
     """Shown instead of the chat when there is no index yet."""
     from ingest.loaders import discover
 
     n_files = len(discover([corpus])[0]) if corpus is not None else 0
     sample = f"导入内置的示例语料（{n_files} 个文件）即可开始提问，也可以" if n_files else "请"
     st.info(f"还没有知识库索引。{sample}在“📚 知识库”页上传自己的文档。", icon="📭")
+    jobs.slot()
     if corpus is not None and st.button(f"导入示例语料（{corpus.name}/）", type="primary", key="setup_corpus",
-                                        icon="📦"):
-        outcome = kb.run_ingest(base, models.embedder, [corpus])
-        st.session_state["kb_outcome"] = outcome
-        st.rerun()
+                                        icon="📦", disabled=jobs.running):
+        jobs.start(kb.Request("ingest", (corpus,)))
     kb.show_outcome(st.session_state.get("kb_outcome"))
 
 
@@ -127,6 +127,7 @@ def main() -> None:
     if os.environ.get(PRELOAD_ENV, "1") != "0":
         models.preload(base)
     corpus = corpus_dir()
+    jobs = kb.JobView(base, models.embedder)  # first: a job that ended since the last run gives its outcome now
     options = sidebar(base, variants, models)
 
     st.markdown("### 📚 ragbot 知识库问答")
@@ -134,11 +135,11 @@ def main() -> None:
     has_index = IndexStore.exists(base.index_path)
     with tab_chat:
         if not has_index and options.variant.retrieval:
-            setup_panel(base, models, corpus)
+            setup_panel(corpus, jobs)
         elif ensure_variant_index(base, options, models):
             chat.render(options, get_pipeline)
     with tab_kb:
-        kb.render(base, models.embedder, corpus)
+        kb.render(base, models.embedder, corpus, jobs)
     with tab_eval:
         evaluate.render(base, variants, models, corpus)
     with tab_arena:
@@ -159,6 +160,7 @@ def main() -> None:
             arena.render(base, variants, answer_fn, judge_fn, corpus)
         else:
             st.info("请先在“📚 知识库”页导入文档。", icon="📭")
+    jobs.follow()  # last, so that every tab is drawn while this run waits for a knowledge-base job
 
 
 main()

@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from ragbot.errors import RagbotError
+from ragbot.errors import QuestionTooLongError, RagbotError
 from ragbot.settings import REFUSAL, Settings
 from ragbot.types import Answer, Retrieval
 from ragbot.variants import Variant, variant_index_path
@@ -18,6 +18,7 @@ from ui.render import (
     answer_markdown,
     candidates_frame,
     md_escape,
+    md_escape_answer,
     source_views,
     sources_html,
     timings_frame,
@@ -70,8 +71,14 @@ def history_pairs(turns: list[Turn]) -> list[tuple[str, str]]:
     return pairs
 
 
+def too_long(question: str, limit: int) -> str:
+    """Why a question is refused before anything runs ('' when it is fine): the same rule as ``RagPipeline``."""
+    n = len(question.strip())
+    return f"问题太长：{n} 个字符，超过上限 {limit} 个字符（设置项 max_question_chars）。请精简后再问。" if n > limit else ""
+
+
 def stream_answer(pipeline: Any, question: str, top_k: int, retrieval: Retrieval, holder: dict) -> Iterator[str]:
-    """The answer's text pieces for ``st.write_stream``; the final :class:`Answer` lands in ``holder['answer']``."""
+    """The answer's text pieces as they are generated; the final :class:`Answer` lands in ``holder['answer']``."""
     for item in pipeline.ask_stream(question, top_k, retrieval=retrieval):
         if isinstance(item, Answer):
             holder["answer"] = item
@@ -185,9 +192,12 @@ def ask(question: str, options: ChatOptions, pipeline_for: Any, turns: list[Turn
     with st.chat_message("assistant"):
         slot = st.empty()
         turn = Turn(question, Rewrite(question, question, "none"), options.variant.name)
+        turn.error = too_long(question, options.settings.max_question_chars)
         pipeline = None
         with slot.container():
             try:
+                if turn.error:  # refused before any model loads
+                    raise QuestionTooLongError(turn.error)
                 pipeline = pipeline_for(options.settings, options.variant.retrieval)  # loads models the first time
                 history = history_pairs(turns)
                 t = time.perf_counter()
@@ -199,10 +209,18 @@ def ask(question: str, options: ChatOptions, pipeline_for: Any, turns: list[Turn
                 with st.spinner("正在检索资料…"):
                     retrieval = pipeline.retrieve(turn.rewrite.question, options.top_k)
                 holder: dict = {}
-                st.write_stream(stream_answer(pipeline, turn.rewrite.question, options.top_k, retrieval, holder))
+                # escaped while it streams, exactly like the final rendering: raw model text would already
+                # fetch an image or show a link before the answer is replaced
+                shown, text = st.empty(), ""
+                for piece in stream_answer(pipeline, turn.rewrite.question, options.top_k, retrieval, holder):
+                    text += piece
+                    shown.markdown(md_escape_answer(text))
                 turn.answer = holder.get("answer")
                 if turn.answer is None:
                     turn.error = "模型没有返回完整的回答"
+            except QuestionTooLongError as e:  # ours, or the library's for a rewritten question that grew too long
+                turn.error = (turn.error or too_long(turn.rewrite.question, options.settings.max_question_chars)
+                              or f"问题太长：{e}")
             except Exception as e:  # shown in the chat instead of a traceback; the conversation goes on
                 turn.error = f"{type(e).__name__}: {e}"
         turns.append(turn)

@@ -330,16 +330,28 @@ def render(settings: Settings, variants: dict[str, Variant], models: Any, corpus
         ready = bool(items) and bool(chosen) and IndexStore.exists(settings.index_path)
         if not IndexStore.exists(settings.index_path):
             st.info("请先在“知识库”页导入文档。", icon="📭")
+        cancelled = st.session_state.pop("ev_cancelled", None)
+        if cancelled is not None:
+            done, total = cancelled
+            st.warning(f"上一次评测已取消（评测进行时，页面上的其他操作会让它停下）：完成了 {done} / {total} 题，"
+                       "结果没有保存。需要时请重新开始评测。", icon="⏹️")
         if st.button("开始评测", type="primary", key="ev_run", disabled=not ready, icon="▶️"):
-            with st.status(f"正在评测 {int(limit)} 题 × {len(chosen)} 个方案…", expanded=True) as status:
+            n_items = min(int(limit), len(items))
+            with st.status(f"正在评测 {n_items} 题 × {len(chosen)} 个方案…", expanded=True) as status:
+                progress = StreamlitProgress(st.container())
                 try:
-                    run = run_evaluation(settings, [variants[n] for n in chosen], items[:int(limit)],
-                                         str(qa_path), models, StreamlitProgress(st.container()))
+                    run = run_evaluation(settings, [variants[n] for n in chosen], items[:n_items],
+                                         str(qa_path), models, progress)
                     st.session_state["ev_run_dir"] = str(run.out_dir)
                     status.update(label=f"评测完成：{run.run_id}", state="complete", expanded=False)
                 except RagbotError as e:
                     status.update(label="评测失败", state="error")
                     st.error(md_escape(str(e)))
+                except BaseException as e:
+                    if not isinstance(e, Exception):  # Streamlit stopped this run for a click (not an error)
+                        done = sum(b.done for b in progress.bars() if b.unit == "q")
+                        st.session_state["ev_cancelled"] = (done, n_items * len(chosen))
+                    raise
 
     runs = past_runs(history_path)
     current = st.session_state.get("ev_run_dir")

@@ -49,6 +49,7 @@ class FakeChatModel:
     @staticmethod
     def _reply(messages: list[dict[str, str]]) -> str:
         from ragbot.arena import JUDGE_SYSTEM
+        from ragbot.generation import GROUNDED_SYSTEM
         from ui.rewrite import REWRITE_SYSTEM, key_terms
 
         system, user = messages[0]["content"], messages[-1]["content"]
@@ -59,14 +60,15 @@ class FakeChatModel:
             previous = [line[3:] for line in user.splitlines() if line.startswith("用户：")]
             terms = key_terms(previous[-1]) if previous else []
             return question.replace("它", terms[0], 1) if terms and "它" in question else question
-        if "资料：\n[1]" in user:  # the grounded prompt: passage 1's first sentence, cited
-            passage = user.split("资料：\n[1]", 1)[1].split("\n", 1)[1].split("\n\n[2]", 1)[0]
+        if system == GROUNDED_SYSTEM:  # passage 1's first sentence, cited (wherever the prompt puts the passages)
+            first_passage = re.search(r"(?m)^\[1\][^\n]*\n", user)
+            if first_passage is None:
+                return REFUSAL
+            passage = re.split(r"\n\n\[2\]|\n</资料>|\n\n问题：", user[first_passage.end():], maxsplit=1)[0]
             body = " ".join(line for line in passage.splitlines() if line.strip() and not line.startswith("#"))
             first = re.split(r"(?<=[。！？!?])", body.strip(), maxsplit=1)[0].strip()
             return f"{first} [1]" if first else REFUSAL
         if "上下文：" in user:  # the plain prompt with passages
             context = user.split("上下文：\n", 1)[1].split("\n\n问题：", 1)[0]
             return re.split(r"(?<=[。！？!?])", context.strip(), maxsplit=1)[0]
-        if "资料：" in user:
-            return REFUSAL
         return "这是不查资料、直接由模型给出的回答。"

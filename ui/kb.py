@@ -2,10 +2,16 @@
 
 Uploads are checked here on the server, whatever the browser widget allowed: the name is reduced
 to a safe base name inside ``<RAGBOT_HOME>/uploads/``, the type must be one ragbot reads (and a
-PDF must look like one), and the size must be under the limit (``RAGBOT_UI_MAX_UPLOAD_MB``,
-default 20). Ingestion, deletion and re-ingestion go through the same code as ``ragbot ingest``
-and hold the index's writer lock; variant indexes that already exist (e.g. the ``naive``
-variant's) are kept in step.
+PDF must look like one), the size must be under the limit (``RAGBOT_UI_MAX_UPLOAD_MB``, default
+20) and one batch holds at most ``RAGBOT_UI_MAX_UPLOAD_FILES`` files (default 50). Two files of one
+batch whose names reduce to the same safe name are both kept (``x.md``, ``x (2).md``).
+
+Ingestion, deletion and re-ingestion go through the same code as ``ragbot ingest`` and hold the
+index's writer lock; variant indexes that already exist (e.g. the ``naive`` variant's) are kept in
+step. They run as a background job (:mod:`ui.jobs`), so that a click during a long ingest cannot
+stop it half-way: every rerun shows the running job's progress and, when it ends, its outcome. A
+re-ingest that would drop every file or more than half of them is not published until the user
+confirms it (:class:`~ragbot.errors.UnsafePublishError`, then ``force``).
 """
 
 from __future__ import annotations
@@ -14,22 +20,26 @@ import datetime as dt
 import os
 import re
 import shutil
+import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from ingest.loaders import SUPPORTED_SUFFIXES
-from ragbot.errors import RagbotError
+from ragbot.errors import RagbotError, UnsafePublishError
 from ragbot.settings import Settings
 from ragbot.store import IndexStore
 
 DEFAULT_UPLOAD_LIMIT_MB = 20
 UPLOAD_LIMIT_ENV = "RAGBOT_UI_MAX_UPLOAD_MB"
+DEFAULT_MAX_FILES = 50
+MAX_FILES_ENV = "RAGBOT_UI_MAX_UPLOAD_FILES"
 MAX_NAME_CHARS = 100
+MAX_NAME_BYTES = 200  # ext4 allows 255 bytes per name, a CJK character takes 3: 100 of them would not fit
 _UNSAFE = re.compile(r"[^\w.\-()（）【】\[\] ]+")  # \w covers CJK; everything else becomes "_"
 
 EmbedderFor = Callable[[Settings], Any]
@@ -49,12 +59,29 @@ def upload_limit_bytes(env: Mapping[str, str] | None = None) -> int:
     return int(max(mb, 0.001) * 1024 * 1024)
 
 
+def max_upload_files(env: Mapping[str, str] | None = None) -> int:
+    """How many files one upload batch may hold (``RAGBOT_UI_MAX_UPLOAD_FILES``, default 50, at least 1)."""
+    env = os.environ if env is None else env
+    try:
+        return max(int(env.get(MAX_FILES_ENV, "") or DEFAULT_MAX_FILES), 1)
+    except ValueError:
+        return DEFAULT_MAX_FILES
+
+
 def human_size(n: float) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.1f} KB"
 
 
 def uploads_dir(settings: Settings) -> Path:
     return settings.home / "uploads"
+
+
+def _fit(stem: str, suffix: str) -> str:
+    """``stem + suffix`` with ``stem`` cut to fit MAX_NAME_CHARS characters and MAX_NAME_BYTES bytes of UTF-8."""
+    stem = stem[:max(MAX_NAME_CHARS - len(suffix), 1)]
+    while len(stem) > 1 and len((stem + suffix).encode()) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + suffix
 
 
 def sanitize_filename(name: str, allowed: Iterable[str] = SUPPORTED_SUFFIXES) -> str:
@@ -75,8 +102,21 @@ def sanitize_filename(name: str, allowed: Iterable[str] = SUPPORTED_SUFFIXES) ->
     suffix = "." + suffix.lower()
     if suffix not in allowed:
         raise UploadError(f"不支持的文件类型 {suffix}；支持 {', '.join(sorted(allowed))}")
-    stem = stem.strip(" _") or "upload"
-    return stem[:MAX_NAME_CHARS - len(suffix)] + suffix
+    return _fit(stem.strip(" _") or "upload", suffix)
+
+
+def unique_name(safe: str, taken: set[str]) -> str:
+    """``safe``, else ``stem (2).suffix``, ``stem (3).suffix``…: the first whose case-folded form is not in ``taken``.
+
+    Case-folded because macOS and Windows file systems (a Docker volume, a synced folder) treat
+    ``X.md`` and ``x.md`` as one file.
+    """
+    stem, suffix = os.path.splitext(safe)
+    name, n = safe, 1
+    while name.casefold() in taken:
+        n += 1
+        name = _fit(stem, f" ({n}){suffix}")
+    return name
 
 
 def validate_upload(name: str, data: bytes, limit: int, allowed: Iterable[str] = SUPPORTED_SUFFIXES) -> str:
@@ -91,19 +131,59 @@ def validate_upload(name: str, data: bytes, limit: int, allowed: Iterable[str] =
     return safe
 
 
-def save_upload(directory: Path, name: str, data: bytes, limit: int,
-                allowed: Iterable[str] = SUPPORTED_SUFFIXES) -> Path:
-    """Validate and write an upload into ``directory`` (atomically); returns the saved path."""
-    safe = validate_upload(name, data, limit, allowed)
+def _write(directory: Path, safe: str, data: bytes, name: str) -> Path:
+    """Write ``data`` as ``directory/safe`` atomically (a crash leaves the old file or the new one, never half)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = (directory / safe).resolve()
     if target.parent != directory.resolve():  # cannot happen after sanitising; kept as the last line of defence
         raise UploadError(f"文件名 {name!r} 指向上传目录之外")
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    # a temporary file of its own for every write: two sessions uploading the same name at once must not
+    # write into one shared ".part" file and publish a mix of both
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
+
+
+def save_upload(directory: Path, name: str, data: bytes, limit: int,
+                allowed: Iterable[str] = SUPPORTED_SUFFIXES) -> Path:
+    """Validate and write an upload into ``directory`` (atomically); returns the saved path."""
+    return _write(directory, validate_upload(name, data, limit, allowed), data, name)
+
+
+def save_uploads(directory: Path, files: Sequence[tuple[str, bytes]], limit: int, max_files: int = DEFAULT_MAX_FILES,
+                 allowed: Iterable[str] = SUPPORTED_SUFFIXES) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Validate and write one upload batch: the saved paths, and ``(name, reason)`` for every file refused.
+
+    Within the batch, names that reduce to the same safe name (``a/x.md`` and ``b\\x.md``, ``x?.md``
+    and ``x*.md``) are stored as ``x.md``, ``x (2).md``… rather than the later one overwriting the
+    earlier; a name uploaded again in a later batch replaces its file, as the uploader says. Files
+    after the first ``max_files`` are refused.
+    """
+    saved: list[Path] = []
+    rejected: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for i, (name, data) in enumerate(files):
+        if i >= max_files:
+            rejected.append((name, f"一次最多上传 {max_files} 个文件，这个文件没有保存；请分批上传"))
+            continue
+        try:
+            safe = unique_name(validate_upload(name, data, limit, allowed), taken)
+            saved.append(_write(directory, safe, data, name))
+            taken.add(safe.casefold())
+        except UploadError as e:
+            rejected.append((name, str(e)))
+        except OSError as e:  # disk full, permissions: this file is refused, the others still go in
+            rejected.append((name, f"无法保存：{e}"))
+    return saved, rejected
 
 
 # ---------------------------------------------------------------- the index's documents
@@ -121,10 +201,12 @@ class DocumentRow:
     uploaded: bool
 
 
-def list_documents(settings: Settings) -> list[DocumentRow]:
-    if not IndexStore.exists(settings.index_path):
-        return []
-    store = IndexStore.load(settings.index_path)
+def list_documents(settings: Settings, store: IndexStore | None = None) -> list[DocumentRow]:
+    """The main index's documents, newest first; ``store`` is the index already open (else it is read)."""
+    if store is None:
+        if not IndexStore.exists(settings.index_path):
+            return []
+        store = IndexStore.load(settings.index_path)
     up = uploads_dir(settings).resolve()
     rows = [DocumentRow(r.doc_id, r.source, r.kind, len(r.chunk_ids), r.pages, r.size, r.ingested_at,
                         Path(r.doc_id).is_relative_to(up)) for r in store.manifest.files.values()]
@@ -155,11 +237,11 @@ def existing_variant_indexes(settings: Settings) -> list[tuple[Settings, Path]]:
     return [(vs, path) for path, vs in seen.items()]
 
 
-def _drop(index_path: Path, doc_ids: Sequence[str]) -> int:
-    with IndexStore.writer_lock(index_path):
+def _drop(settings: Settings, index_path: Path, doc_ids: Sequence[str]) -> int:
+    with IndexStore.writer_lock(index_path, settings.lock_timeout_s):
         store = IndexStore.load(index_path)
         removed = sum(store.drop_file(d) for d in doc_ids)
-        store.save(index_path)
+        store.save(index_path, keep=settings.keep_versions, grace_s=settings.version_grace_s)
     return removed
 
 
@@ -169,9 +251,9 @@ def delete_documents(settings: Settings, doc_ids: Sequence[str], remove_uploads:
     Variant indexes drop them too, and an uploaded copy in ``uploads/`` is deleted so that
     "re-ingest all" does not bring it back.
     """
-    removed = _drop(settings.index_path, doc_ids)
+    removed = _drop(settings, settings.index_path, doc_ids)
     for _, path in existing_variant_indexes(settings):
-        _drop(path, doc_ids)
+        _drop(settings, path, doc_ids)
     if remove_uploads:
         up = uploads_dir(settings).resolve()
         for d in doc_ids:
@@ -182,13 +264,11 @@ def delete_documents(settings: Settings, doc_ids: Sequence[str], remove_uploads:
 
 
 def _ingest(settings: Settings, embedder_for: EmbedderFor, paths: Sequence[Path], index_path: Path,
-            progress: Any, rebuild: bool) -> Any:
-    from ingest.chunking import Chunker
+            progress: Any, rebuild: bool, force: bool = False) -> Any:
     from ingest.pipeline import IngestPipeline
 
-    pipeline = IngestPipeline(embedder_for(settings), Chunker(settings.chunk_size, settings.chunk_overlap,
-                                                              settings.chunker), progress=progress)
-    return pipeline.run(list(paths), index_path, rebuild=rebuild)
+    pipeline = IngestPipeline.from_settings(settings, embedder_for(settings), progress)
+    return pipeline.run(list(paths), index_path, rebuild=rebuild, force=force)
 
 
 def ingest_paths(settings: Settings, paths: Sequence[Path], embedder_for: EmbedderFor, progress: Any = None) -> Any:
@@ -199,32 +279,61 @@ def ingest_paths(settings: Settings, paths: Sequence[Path], embedder_for: Embedd
     return report
 
 
-def reingest_all(settings: Settings, embedder_for: EmbedderFor, progress: Any = None) -> Any:
-    """Rebuild the main index from the files it lists (files gone from disk are reported and dropped).
+def reingest_all(settings: Settings, embedder_for: EmbedderFor, progress: Any = None, force: bool = False) -> Any:
+    """Rebuild the main index from every path it lists (files gone from disk are reported and dropped).
 
-    Variant indexes are removed; they are rebuilt from the new main index when a variant needs one.
+    A rebuild that would drop every file or more than half of them raises
+    :class:`~ragbot.errors.UnsafePublishError` and changes nothing, unless ``force``. Variant indexes
+    are removed; they are rebuilt from the new main index when a variant needs one.
     """
     variants = existing_variant_indexes(settings)
-    files = [Path(r.doc_id) for r in list_documents(settings)]
-    report = _ingest(settings, embedder_for, files, settings.index_path, progress, rebuild=True)
+    files = []
+    if IndexStore.exists(settings.index_path):  # every name, aliases too: identical copies stay listed
+        files = [Path(n) for r in IndexStore.load(settings.index_path).manifest.files.values() for n in r.names()]
+    report = _ingest(settings, embedder_for, files, settings.index_path, progress, rebuild=True, force=force)
     for _, path in variants:
-        with IndexStore.writer_lock(path):
+        with IndexStore.writer_lock(path, settings.lock_timeout_s):
             shutil.rmtree(path / (path / "CURRENT").read_text().strip(), ignore_errors=True)
             (path / "CURRENT").unlink(missing_ok=True)
     return report
 
 
-# ---------------------------------------------------------------- the page
+# ---------------------------------------------------------------- jobs: what the worker thread runs
+
+
+ACTIONS = {"ingest": "导入文档", "reingest": "重新导入全部文档", "delete": "删除文档"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One knowledge-base job; kept with a refused publish, to run again with ``force`` once confirmed."""
+
+    action: str  # a key of ACTIONS
+    paths: tuple[Path, ...] = ()
+    doc_ids: tuple[str, ...] = ()
+    rejected: tuple[tuple[str, str], ...] = ()  # uploads refused before the job started, reported with its outcome
+    force: bool = False
+
+    @property
+    def label(self) -> str:
+        return ACTIONS[self.action]
 
 
 @dataclass
 class Outcome:
-    """What the last action did, kept in the session so it is still shown after the rerun."""
+    """What the last action did, kept in the session so it is still shown after the rerun.
 
-    kind: str  # success, info, error
+    ``kind`` "confirm": a publish was refused (``dropped`` would go, of ``total``); ``request`` runs
+    again with ``force`` when the user confirms.
+    """
+
+    kind: str  # success, info, error, confirm
     message: str
     failures: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+    request: Request | None = None
 
 
 def report_outcome(report: Any, rejected: list[tuple[str, str]] | None = None) -> Outcome:
@@ -242,49 +351,181 @@ def report_outcome(report: Any, rejected: list[tuple[str, str]] | None = None) -
     return Outcome(kind, message, failures, list(rejected or []))
 
 
+def perform(settings: Settings, embedder_for: EmbedderFor, request: Request, progress: Any = None) -> Outcome:
+    """Carry out ``request`` and say what it did. Runs in the worker thread: nothing here may call ``st.*``."""
+    rejected = list(request.rejected)
+    try:
+        if request.action == "delete":
+            removed = delete_documents(settings, request.doc_ids)
+            return Outcome("success", f"已删除 {len(request.doc_ids)} 个文档（{removed} 个分块），"
+                                      "向量索引、BM25 和分块库已同步更新。")
+        if request.action == "reingest":
+            report = reingest_all(settings, embedder_for, progress, force=request.force)
+        else:
+            report = ingest_paths(settings, request.paths, embedder_for, progress)
+    except UnsafePublishError as e:
+        return Outcome("confirm", str(e), rejected=rejected, dropped=list(e.dropped), total=e.total, request=request)
+    except RagbotError as e:
+        return Outcome("error", f"{request.label}失败：{e}", [], rejected)
+    return report_outcome(report, rejected)
+
+
+def job_key(settings: Settings) -> str:
+    """Jobs are one at a time per main index (variant indexes follow the main one inside the same job)."""
+    return str(Path(settings.index_path).resolve())
+
+
+def job_outcome(job: Any) -> Outcome:
+    """The outcome of a finished job: what :func:`perform` returned, or the error that escaped it."""
+    if isinstance(job.result, Outcome):
+        return job.result
+    return Outcome("error", f"{job.label}失败：{type(job.error).__name__}: {job.error}")
+
+
+# ---------------------------------------------------------------- the page
+
+
 def show_outcome(outcome: Outcome | None) -> None:
     from ui.render import md_escape
 
-    if outcome is None:
+    if outcome is None or outcome.kind == "confirm":
         return
-    {"success": st.success, "info": st.info, "error": st.error}[outcome.kind](outcome.message, icon=None)
+    {"success": st.success, "info": st.info, "error": st.error}[outcome.kind](md_escape(outcome.message), icon=None)
     for name, reason in outcome.rejected:
         st.warning(f"已拒绝上传 **{md_escape(name)}**：{md_escape(reason)}", icon="🚫")
     for name, reason in outcome.failures:
         st.error(f"**{md_escape(name)}** 未能导入：{md_escape(reason)}", icon="⚠️")
 
 
-def run_ingest(settings: Settings, embedder_for: EmbedderFor, paths: Sequence[Path],
-               rejected: list[tuple[str, str]] | None = None, *, rebuild_all: bool = False) -> Outcome:
-    """Ingest with progress bars drawn where this is called; errors become an :class:`Outcome`, not a crash."""
-    from ui.progress import StreamlitProgress
-    from ui.resources import clear_pipelines
+class JobView:
+    """This script run's view of the knowledge-base job on ``settings``' main index.
 
-    with st.status("正在导入文档…" if not rebuild_all else "正在重新导入全部文档…", expanded=True) as status:
+    Made once per run, before anything is drawn: a job that has ended since this session last saw
+    it running becomes the session's ``kb_outcome`` (or ``kb_confirm``). :meth:`slot` marks a place
+    where a running job's progress is drawn (the setup panel and the knowledge-base tab both show
+    it); :meth:`follow`, called once everything else is drawn, redraws those places until the job
+    ends and then reruns the page. A click meanwhile stops only this run, never the job: the next
+    run finds the job still going and follows it again.
+    """
+
+    POLL_S = 0.3
+
+    def __init__(self, settings: Settings, embedder_for: EmbedderFor) -> None:
+        from ui.resources import clear_pipelines, get_jobs
+
+        self.settings, self.embedder_for, self.registry = settings, embedder_for, get_jobs()
+        self.job = self.registry.get(job_key(settings))
+        self._slots: list[Any] = []
+        if self.job is not None and not self.job.done:
+            st.session_state["kb_job"] = self.job.id  # this session shows the outcome when the job ends
+        elif self.job is not None and st.session_state.get("kb_job") == self.job.id:
+            del st.session_state["kb_job"]
+            outcome = job_outcome(self.job)
+            st.session_state["kb_confirm" if outcome.kind == "confirm" else "kb_outcome"] = outcome
+            clear_pipelines()  # new index version: free the old pipelines and store
+        self.followed = self.running  # even if it ends before follow(): then the rerun shows its outcome
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and not self.job.done
+
+    def start(self, request: Request) -> None:
+        """Start ``request`` in the worker, then rerun (the next run draws its progress); does not return.
+
+        A job already running on the index (another session's) is reported instead.
+        """
+        from ui.jobs import JobBusyError
+
         try:
-            progress = StreamlitProgress(st.container())
-            if rebuild_all:
-                report = reingest_all(settings, embedder_for, progress)
-            else:
-                report = ingest_paths(settings, paths, embedder_for, progress)
-        except RagbotError as e:
-            status.update(label="导入失败", state="error")
-            return Outcome("error", f"导入失败：{e}", [], list(rejected or []))
-        finally:
-            clear_pipelines()
-        status.update(label="导入完成", state="complete", expanded=False)
-    return report_outcome(report, rejected)
+            job = self.registry.start(job_key(self.settings), request.label,
+                                      lambda progress: perform(self.settings, self.embedder_for, request, progress))
+            st.session_state["kb_job"] = job.id
+        except JobBusyError as e:
+            st.session_state["kb_outcome"] = Outcome("error", str(e), [], list(request.rejected))
+        st.rerun()
+
+    def slot(self) -> None:
+        if self.running:
+            self._slots.append(st.empty())
+            self._draw()
+
+    def follow(self) -> None:
+        """Wait for the job this run showed, redrawing its progress; then rerun to show its outcome."""
+        if not self.followed:
+            return
+        while not self.job.wait(self.POLL_S):
+            self._draw()  # where a click stops this run: Streamlit raises at the next st.* call
+        st.rerun()
+
+    def _draw(self) -> None:
+        from ui.progress import draw_bars
+
+        job = self.job
+        for slot in self._slots:
+            with slot.container(border=True):
+                st.markdown(f"**⏳ 正在{job.label}…**（已 {job.elapsed():.0f} 秒）")
+                st.caption("在后台进行：切换页面、提问或刷新都不会打断它；完成后这里会显示结果。")
+                draw_bars(job.progress.bars())
 
 
-def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None) -> None:
-    from ui.render import md_code
+REASONS = {"not found": "文件已不存在", "failed to load": "无法读取"}
 
-    limit = upload_limit_bytes()
+
+def dropped_frame(dropped: Sequence[tuple[str, str]]) -> Any:
+    import pandas as pd
+
+    def why(reason: str) -> str:
+        head, _, detail = reason.partition(": ")
+        return REASONS.get(head, head) + (f"：{detail}" if detail else "")
+
+    return pd.DataFrame([{"文件": source, "原因": why(reason)} for source, reason in dropped], columns=["文件", "原因"])
+
+
+def confirm_panel(view: JobView) -> None:
+    """A publish that would empty the index (or drop most of it) waits here for a yes or a no."""
+    from ui.render import md_escape
+
+    pending: Outcome | None = st.session_state.get("kb_confirm")
+    if pending is None or pending.request is None:
+        return
+    with st.container(border=True):
+        st.warning(f"**{pending.request.label}没有执行**：这样会从知识库移除 {len(pending.dropped)} / {pending.total} "
+                   "个文件（全部或超过一半），它们列在下面，知识库目前保持原样。确认这些文件确实不要了，再点“确认并继续”。",
+                   icon="⚠️")
+        st.dataframe(dropped_frame(pending.dropped), hide_index=True, width="stretch")
+        st.caption(md_escape(pending.message))
+        c1, c2, _ = st.columns([1, 1, 3])
+        if c1.button("确认并继续", key="kb_force", type="primary", icon="✅", disabled=view.running, width="stretch"):
+            del st.session_state["kb_confirm"]
+            view.start(replace(pending.request, force=True))
+        if c2.button("取消", key="kb_force_cancel", width="stretch"):
+            del st.session_state["kb_confirm"]
+            st.session_state["kb_outcome"] = Outcome("info", f"已取消{pending.request.label}，知识库没有变化。",
+                                                     rejected=pending.rejected)
+            st.rerun()
+
+
+def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None, view: JobView | None = None) -> None:
+    """The tab. ``view`` is the run's :class:`JobView` when the app made one (it follows the job after every tab
+    is drawn); without one the tab makes its own and follows the job at its end."""
+    from ui.render import md_code, md_escape
+    from ui.resources import get_store
+
+    own = view is None
+    view = view or JobView(settings, embedder_for)
+    limit, max_files = upload_limit_bytes(), max_upload_files()
     st.subheader("📚 知识库")
     st.caption(f"索引：{md_code(str(settings.index_path))} · 上传的文件保存在 {md_code(str(uploads_dir(settings)))}")
     show_outcome(st.session_state.pop("kb_outcome", None))
+    confirm_panel(view)
+    view.slot()
+    busy = view.running
 
-    docs = list_documents(settings)
+    try:
+        docs = list_documents(settings, get_store(settings.index_path)) if IndexStore.exists(settings.index_path) else []
+    except RagbotError as e:
+        st.error(f"知识库无法打开：{md_escape(str(e))}", icon="⚠️")
+        docs = []
     c1, c2, c3 = st.columns(3)
     c1.metric("文档", len(docs))
     c2.metric("分块", sum(d.chunks for d in docs))
@@ -295,56 +536,40 @@ def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None) -
         st.markdown("**上传文档**")
         gen = st.session_state.get("kb_uploader_gen", 0)
         files = st.file_uploader(
-            f"支持 .md / .txt / .pdf，每个文件不超过 {human_size(limit)}；同名文件会被更新",
+            f"支持 .md / .txt / .pdf，每个文件不超过 {human_size(limit)}，每次最多 {max_files} 个；同名文件会被更新",
             type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES], accept_multiple_files=True, key=f"kb_files_{gen}")
-        if st.button("导入到知识库", type="primary", disabled=not files, key="kb_ingest", icon="📥"):
-            saved, rejected = [], []
-            for f in files or []:
-                try:
-                    saved.append(save_upload(uploads_dir(settings), f.name, f.getvalue(), limit))
-                except UploadError as e:
-                    rejected.append((f.name, str(e)))
-            if saved:
-                outcome = run_ingest(settings, embedder_for, saved, rejected)
-            else:
-                outcome = Outcome("error", "没有可导入的文件。", [], rejected)
-            st.session_state["kb_outcome"] = outcome
+        if st.button("导入到知识库", type="primary", disabled=not files or busy, key="kb_ingest", icon="📥"):
+            saved, rejected = save_uploads(uploads_dir(settings), [(f.name, f.getvalue()) for f in files or []],
+                                           limit, max_files)
             st.session_state["kb_uploader_gen"] = gen + 1
-            st.rerun()
+            if saved:
+                view.start(Request("ingest", tuple(saved), rejected=tuple(rejected)))
+            else:
+                st.session_state["kb_outcome"] = Outcome("error", "没有可导入的文件。", [], rejected)
+                st.rerun()
 
-    if not docs:
+    if not docs and not busy:
         st.info("知识库还是空的：上传文档，或者导入内置的示例语料。", icon="📭")
     if corpus is not None and not any(Path(d.doc_id).is_relative_to(corpus.resolve()) for d in docs):
-        if st.button(f"导入内置示例语料（{corpus.name}/）", key="kb_corpus", icon="📦"):
-            st.session_state["kb_outcome"] = run_ingest(settings, embedder_for, [corpus])
-            st.rerun()
-    if not docs:
-        return
+        if st.button(f"导入内置示例语料（{corpus.name}/）", key="kb_corpus", icon="📦", disabled=busy):
+            view.start(Request("ingest", (corpus,)))
+    if docs:
+        st.markdown("**文档列表**")
+        st.dataframe(documents_frame(docs), hide_index=True, width="stretch",
+                     column_config={"分块数": st.column_config.NumberColumn(format="%d"),
+                                    "大小 (KB)": st.column_config.NumberColumn(format="%.1f")})
 
-    st.markdown("**文档列表**")
-    st.dataframe(documents_frame(docs), hide_index=True, width="stretch",
-                 column_config={"分块数": st.column_config.NumberColumn(format="%d"),
-                                "大小 (KB)": st.column_config.NumberColumn(format="%.1f")})
-
-    col_del, col_re = st.columns([3, 1], vertical_alignment="bottom")
-    by_id = {d.doc_id: d for d in docs}
-    with col_del:
-        chosen = st.multiselect("选择要删除的文档", list(by_id), format_func=lambda d: by_id[d].source,
-                                key="kb_delete_select", placeholder="选择文档…")
-        if st.button("删除所选文档", key="kb_delete", disabled=not chosen, icon="🗑️"):
-            try:
-                removed = delete_documents(settings, chosen)
-                st.session_state["kb_outcome"] = Outcome(
-                    "success", f"已删除 {len(chosen)} 个文档（{removed} 个分块），向量索引、BM25 和分块库已同步更新。")
-            except RagbotError as e:
-                st.session_state["kb_outcome"] = Outcome("error", f"删除失败：{e}")
-            from ui.resources import clear_pipelines
-
-            clear_pipelines()
-            st.session_state.pop("kb_delete_select", None)
-            st.rerun()
-    with col_re:
-        if st.button("全部重新导入", key="kb_reingest", icon="🔄", width="stretch",
-                     help="按当前设置重新读取、切分、向量化所有文档（文件已不存在的会被移除）"):
-            st.session_state["kb_outcome"] = run_ingest(settings, embedder_for, [], rebuild_all=True)
-            st.rerun()
+        col_del, col_re = st.columns([3, 1], vertical_alignment="bottom")
+        by_id = {d.doc_id: d for d in docs}
+        with col_del:
+            chosen = st.multiselect("选择要删除的文档", list(by_id), format_func=lambda d: by_id[d].source,
+                                    key="kb_delete_select", placeholder="选择文档…")
+            if st.button("删除所选文档", key="kb_delete", disabled=not chosen or busy, icon="🗑️"):
+                st.session_state.pop("kb_delete_select", None)
+                view.start(Request("delete", doc_ids=tuple(chosen)))
+        with col_re:
+            if st.button("全部重新导入", key="kb_reingest", icon="🔄", width="stretch", disabled=busy,
+                         help="按当前设置重新读取、切分、向量化所有文档（文件已不存在的会被移除）"):
+                view.start(Request("reingest"))
+    if own:
+        view.follow()

@@ -1,14 +1,20 @@
-"""A tqdm-shaped progress factory that draws Streamlit progress bars.
+"""tqdm-shaped progress factories: one draws Streamlit progress bars, one records counts for a worker thread.
 
 :class:`ingest.pipeline.IngestPipeline` and :class:`ragbot.evaluation.runner.EvalRunner` report
 progress by calling a factory like tqdm: ``progress(iterable, desc=..., unit=...)`` wraps an
 iterable, ``progress(total=..., desc=...)`` returns a bar with ``update(n)`` and ``close()``.
-This one draws one ``st.progress`` bar per ``desc`` inside a container.
+:class:`StreamlitProgress` draws one ``st.progress`` bar per ``desc`` inside a container, from the
+script thread. :class:`RecordingProgress` is for work in a thread of its own (``ui.jobs``), which
+must never call ``st.*``: it only counts, under a lock, and the page draws :meth:`~RecordingProgress.bars`
+with :func:`draw_bars` whenever it polls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
@@ -16,50 +22,49 @@ import streamlit as st
 LABELS = {"files": "读取文件", "tokenise": "分词", "embed": "向量化", "q": "题"}
 
 
-class StreamlitProgress:
-    """``StreamlitProgress(container)`` → a factory to pass as ``progress=``.
+@dataclass(frozen=True)
+class BarState:
+    """One bar's counts at one moment."""
 
-    ``labels`` maps a ``desc`` to the Chinese text shown (unknown ones are shown as they are).
-    """
+    desc: str
+    unit: str
+    done: int
+    total: int
 
-    def __init__(self, container: Any = None, labels: Mapping[str, str] | None = None) -> None:
-        self.container = container if container is not None else st.container()
-        self.labels = {**LABELS, **(labels or {})}
-        self._bars: dict[str, _Bar] = {}
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total <= 0 else min(1.0, self.done / self.total)
 
-    def __call__(self, iterable: Iterable | None = None, *, desc: str = "", unit: str = "", total: int | None = None,
-                 **_: Any) -> Any:
-        if iterable is not None:
-            items = list(iterable)
-            bar = self._bar(desc, unit, len(items) if total is None else total)
-            return bar.wrap(items)
-        return self._bar(desc, unit, total or 0)
 
-    def _bar(self, desc: str, unit: str, total: int) -> _Bar:
-        if desc in self._bars:
-            bar = self._bars[desc]
-            bar.reset(total)
-            return bar
-        with self.container:
-            widget = st.progress(0.0, text=self._text(desc, 0, total, unit))
-        bar = _Bar(widget, lambda done, tot: self._text(desc, done, tot, unit), total)
-        self._bars[desc] = bar
-        return bar
+def bar_text(bar: BarState, labels: Mapping[str, str] | None = None) -> str:
+    """``向量化：12/40 块``-style text for a bar (``desc`` and ``unit`` through ``labels``, escaped)."""
+    from ui.render import md_escape
 
-    def _text(self, desc: str, done: int, total: int, unit: str) -> str:
-        from ui.render import md_escape
+    labels = {**LABELS, **(labels or {})}
+    unit = labels.get(bar.unit, "")
+    return f"{md_escape(labels.get(bar.desc, bar.desc))}：{bar.done}/{bar.total}{(' ' + unit) if unit else ''}"
 
-        unit_label = self.labels.get(unit, "")
-        return f"{md_escape(self.labels.get(desc, desc))}：{done}/{total}{(' ' + unit_label) if unit_label else ''}"
+
+def draw_bars(bars: Sequence[BarState], labels: Mapping[str, str] | None = None) -> None:
+    for bar in bars:
+        st.progress(bar.fraction, text=bar_text(bar, labels))
 
 
 class _Bar:
-    def __init__(self, widget: Any, text: Any, total: int) -> None:
-        self.widget, self.text, self.total, self.done = widget, text, total, 0
+    """Counts for one ``desc``; ``changed`` is called (under ``lock``, if any) after every change."""
+
+    def __init__(self, desc: str, unit: str, total: int, changed: Callable[[_Bar], None],
+                 lock: Any = None) -> None:
+        self.desc, self.unit, self.total, self.done = desc, unit, total, 0
+        self._changed, self._lock = changed, lock or contextlib.nullcontext()
+
+    def state(self) -> BarState:
+        return BarState(self.desc, self.unit, self.done, self.total)
 
     def reset(self, total: int) -> None:
-        self.total, self.done = total, 0
-        self._draw()
+        with self._lock:
+            self.total, self.done = total, 0
+        self._changed(self)
 
     def wrap(self, items: list) -> Iterator:
         for item in items:
@@ -67,13 +72,88 @@ class _Bar:
             self.update(1)
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        self._draw()
+        with self._lock:
+            self.done += n
+        self._changed(self)
 
     def close(self) -> None:
-        self.done = self.total
-        self._draw()
+        with self._lock:
+            self.done = self.total
+        self._changed(self)
 
-    def _draw(self) -> None:
-        fraction = 1.0 if self.total <= 0 else min(1.0, self.done / self.total)
-        self.widget.progress(fraction, text=self.text(self.done, self.total))
+
+class _Factory:
+    """tqdm's calling convention; subclasses say how a new bar is made."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, _Bar] = {}
+
+    def __call__(self, iterable: Iterable | None = None, *, desc: str = "", unit: str = "", total: int | None = None,
+                 **_: Any) -> Any:
+        if iterable is not None:
+            items = list(iterable)
+            return self._bar(desc, unit, len(items) if total is None else total).wrap(items)
+        return self._bar(desc, unit, total or 0)
+
+    def _bar(self, desc: str, unit: str, total: int) -> _Bar:
+        if desc in self._bars:
+            bar = self._bars[desc]
+            bar.reset(total)
+            return bar
+        bar = self._bars[desc] = self._new_bar(desc, unit, total)
+        return bar
+
+    def _new_bar(self, desc: str, unit: str, total: int) -> _Bar:
+        raise NotImplementedError
+
+    def bars(self) -> list[BarState]:
+        """Every bar so far, in the order they started."""
+        return [bar.state() for bar in self._bars.values()]
+
+
+class StreamlitProgress(_Factory):
+    """``StreamlitProgress(container)`` → a factory to pass as ``progress=`` (from the script thread only).
+
+    ``labels`` maps a ``desc`` to the Chinese text shown (unknown ones are shown as they are).
+    """
+
+    def __init__(self, container: Any = None, labels: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.container = container if container is not None else st.container()
+        self.labels = {**LABELS, **(labels or {})}
+        self._widgets: dict[str, Any] = {}
+
+    def _new_bar(self, desc: str, unit: str, total: int) -> _Bar:
+        with self.container:
+            self._widgets[desc] = st.progress(0.0, text=bar_text(BarState(desc, unit, 0, total), self.labels))
+        return _Bar(desc, unit, total, self._draw)
+
+    def _draw(self, bar: _Bar) -> None:
+        state = bar.state()
+        self._widgets[bar.desc].progress(state.fraction, text=bar_text(state, self.labels))
+
+
+class RecordingProgress(_Factory):
+    """A factory for a worker thread: records each bar's counts (thread-safe) and draws nothing.
+
+    >>> progress = RecordingProgress()
+    >>> for _ in progress(range(3), desc="files", unit="file"):
+    ...     pass
+    >>> progress.bars()
+    [BarState(desc='files', unit='file', done=3, total=3)]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()  # the worker adds and moves bars while the page reads them
+
+    def _bar(self, desc: str, unit: str, total: int) -> _Bar:
+        with self._lock:
+            return super()._bar(desc, unit, total)
+
+    def _new_bar(self, desc: str, unit: str, total: int) -> _Bar:
+        return _Bar(desc, unit, total, lambda _: None, self._lock)
+
+    def bars(self) -> list[BarState]:
+        with self._lock:
+            return super().bars()

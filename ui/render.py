@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 
     from ragbot.store import IndexStore
 
-_MD_ALL = re.compile(r"[\\`*_{}\[\]()<>#+\-.!|~$:&]")
-_MD_ANSWER = re.compile(r"[\\\[\]<>$&~|]")  # keeps bold, lists and code, neutralises links, HTML and maths
+_MD_ALL = re.compile(r"[\\`*_{}\[\]()<>#+\-.!|~$:&@]")
+# keeps bold, lists and code, neutralises links, HTML and maths (and the ":" of "://", the "@" of an e-mail address)
+_MD_ANSWER = re.compile(r"[\\\[\]<>$&~|]|:(?=//)|(?<=\u2060)@")
+# Streamlit's Markdown (remark-gfm) turns bare http(s)://…, www.… and e-mail addresses into links, and it does so
+# on the *unescaped* text, after parsing: "http\\://x" is still linked. A WORD JOINER (invisible, no line break)
+# after the scheme, after "www" and before "@" is what no autolink pattern matches across.
+_AUTOLINK = re.compile(r"https?(?=://)|www(?=\.)|[-.\w+](?=@)", re.IGNORECASE | re.ASCII)
+_WJ = "\u2060"
 _CITE = re.compile(r"\[(\d{1,3})\]")
 _ESCAPED_CITE = re.compile(r"\\\[(\d{1,3})\\\]")
 _SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
@@ -42,9 +48,15 @@ TIMING_LABELS = {
 STAGE_LABELS = {"dense": "Dense 向量", "bm25": "BM25", "fused": "RRF 融合", "reranked": "重排"}
 
 
+def no_autolinks(text: str) -> str:
+    """``text`` with a word joiner where a bare URL or e-mail address would become a link (it looks the same)."""
+    return _AUTOLINK.sub(lambda m: m[0] + _WJ, text or "")
+
+
 def md_escape(text: str) -> str:
-    """Markdown that displays ``text`` literally (every Markdown punctuation backslash-escaped, line breaks kept)."""
-    return _MD_ALL.sub(r"\\\g<0>", text or "").replace("\n", "  \n")
+    """Markdown that displays ``text`` literally (every Markdown punctuation backslash-escaped, line breaks kept,
+    no bare URL or e-mail address clickable)."""
+    return _MD_ALL.sub(r"\\\g<0>", no_autolinks(text)).replace("\n", "  \n")
 
 
 def md_code(text: str) -> str:
@@ -55,8 +67,9 @@ def md_code(text: str) -> str:
 
 
 def md_escape_answer(text: str) -> str:
-    """An answer as Markdown: bold/lists survive, but no link, image, HTML, entity or formula can be formed."""
-    return _MD_ANSWER.sub(r"\\\g<0>", text or "").replace("\n", "  \n")
+    """An answer as Markdown: bold/lists survive, but no link (bare URLs included), image, HTML, entity or formula
+    can be formed."""
+    return _MD_ANSWER.sub(r"\\\g<0>", no_autolinks(text)).replace("\n", "  \n")
 
 
 def where(chunk: Chunk) -> str:

@@ -3,10 +3,14 @@
 Streamlit reruns the whole script on every click, so nothing heavy may happen at the top level.
 :func:`get_models` is one ``st.cache_resource`` object that loads each model once (keyed like
 :class:`ragbot.evaluation.runner.SharedModels`, so variants that agree on a model share it);
-:func:`get_pipeline` caches a :class:`~ragbot.pipeline.RagPipeline` per variant settings and
-index version. ``top_k`` is passed per question and is not part of the key: changing it reloads
-nothing. A new index version (an upload, a deletion, ``ragbot ingest`` from the CLI) gives a new
-key, so the next question sees it.
+:meth:`Models.store` opens each index version once (keyed only by index path and version: the
+sidebar, the document list and every pipeline share it), and :func:`get_pipeline` caches a
+:class:`~ragbot.pipeline.RagPipeline` per variant settings and index version, built on that
+shared store: changing the temperature or the reranker builds a new (cheap) pipeline but does
+not read the index again. ``top_k`` is passed per question and is not
+part of any key: changing it builds nothing. A new index version (an upload, a deletion, ``ragbot
+ingest`` from the CLI) gives new keys, so the next question sees it. :func:`get_jobs` is the one
+registry of knowledge-base jobs (:mod:`ui.jobs`).
 
 Fake models for tests: with ``RAGBOT_UI_FAKE_MODELS=1`` the app uses :mod:`ui.fakes` instead of
 the real embedder and LLM (and records indexes under the fake embedder's name).
@@ -90,6 +94,7 @@ class Models:
         self._embedders: dict[tuple, Any] = {}
         self._llms: dict[tuple, Any] = {}
         self._rerankers: dict[tuple, Any] = {}
+        self._stores: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
         self._preloading = False
@@ -153,13 +158,35 @@ class Models:
 
         threading.Thread(target=work, name="ragbot-preload", daemon=True).start()
 
+    def store(self, index_path: Path) -> Any:
+        """The live version of the index at ``index_path``, read once per version and shared.
+
+        Only the newest version of each index stays here; pipelines still on an older one keep theirs.
+        """
+        path = Path(index_path).resolve()
+        key = (str(path), index_version(path))
+
+        def load() -> Any:
+            from ragbot.store import IndexStore
+
+            # the live version may already be newer than the name read above, if an ingest published just
+            # now: harmless, the next call reads the new name and opens that one
+            store = IndexStore.load(path)
+            with self._lock:
+                for old in [k for k in self._stores if k[0] == key[0]]:
+                    del self._stores[old]
+            return store
+
+        return self._get(self._stores, key, load)
+
     def pipeline(self, settings: Settings, retrieval: bool = True) -> Any:
-        """A ready pipeline on the shared models (also the ``pipeline_factory`` for evaluation)."""
+        """A ready pipeline on the shared models and the shared index (also the ``pipeline_factory`` for evaluation)."""
         from ragbot.pipeline import RagPipeline
         from ragbot.rerank import CrossEncoderReranker
 
+        store = self.store(settings.index_path) if retrieval else None
         pipeline = RagPipeline.from_settings(settings, retrieval=retrieval, chat_model=self.chat_model(settings),
-                                             embedder=self.embedder(settings) if retrieval else None)
+                                             embedder=self.embedder(settings) if retrieval else None, store=store)
         if isinstance(pipeline.reranker, CrossEncoderReranker):
             # a cross-encoder is a model: share one; store-bound rerankers (ltr) stay with their pipeline
             fresh = pipeline.reranker
@@ -183,12 +210,19 @@ def get_models(fake: bool) -> Models:
     return Models(fake)
 
 
+@st.cache_resource(show_spinner=False)
+def get_jobs() -> Any:
+    """The server's one :class:`ui.jobs.JobRegistry`: every session sees the same running jobs."""
+    from ui.jobs import JobRegistry
+
+    return JobRegistry()
+
+
 def index_version(index_path: Path) -> str:
     """The name of the live index version ('' when there is none): changes whenever the index is saved."""
-    try:
-        return (Path(index_path) / "CURRENT").read_text().strip()
-    except OSError:
-        return ""
+    from ragbot.store import IndexStore
+
+    return IndexStore.current_version(Path(index_path))
 
 
 def pipeline_key(settings: Settings) -> str:
@@ -196,6 +230,11 @@ def pipeline_key(settings: Settings) -> str:
     d = settings.to_dict()
     d.pop("top_k", None)
     return json.dumps(d, sort_keys=True, default=str)
+
+
+def get_store(index_path: Path) -> Any:
+    """The live index at ``index_path``, opened once per version for every session (:meth:`Models.store`)."""
+    return get_models(fake_models_enabled()).store(index_path)
 
 
 @st.cache_resource(show_spinner="正在加载模型和知识库索引（只在第一次需要）…", max_entries=8)

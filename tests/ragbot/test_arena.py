@@ -143,6 +143,17 @@ def test_export_csv_to_buffer_and_path(tmp_path):
         assert list(csv.reader(f)) == rows
 
 
+@pytest.mark.parametrize("text", ["=HYPERLINK(\"http://x\",\"点我\")", "+1+2", "-2+3", "@SUM(A1)", "\tX", "\r=1"])
+def test_export_csv_neutralises_formulas(tmp_path, text):
+    store = VoteStore(tmp_path / "votes.sqlite")
+    store.add(Vote(text, "x", "y", text, "正常的回答", "a", voter="human"))
+    buffer = io.StringIO()
+    store.export_csv(buffer)
+    row = list(csv.reader(io.StringIO(buffer.getvalue())))[1]
+    assert row[2] == row[5] == "'" + text  # shown as text in a spreadsheet, the content still all there
+    assert row[6] == "正常的回答" and row[0] == "1"
+
+
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "votes.sqlite"
     VoteStore(path)

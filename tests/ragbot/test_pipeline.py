@@ -51,3 +51,31 @@ def test_gate_refuses_unknown_terms_without_calling_the_llm(indexed):
     assert answer.refused and answer.refused_by == "gate: RWKV" and model.messages == []
     off = RagPipeline.from_settings(indexed.replace(refusal_gate=False), chat_model=model, embedder=FakeEmbedder())
     assert not off.ask("RWKV 的结构是什么？").refused
+
+
+def test_too_long_question_is_refused_before_any_stage_runs(indexed):
+    from ragbot.errors import ConfigError, QuestionTooLongError
+
+    model, embedder = FakeChatModel("秩 r 常取 8 [1]。"), FakeEmbedder()
+    pipe = RagPipeline.from_settings(indexed.replace(max_question_chars=10), chat_model=model, embedder=embedder)
+    calls = embedder.calls
+    message = (r"^the question has 11 characters, more than max_question_chars \(10\); "
+               r"shorten it or raise max_question_chars$")
+    for call in (pipe.ask, pipe.ask_stream, pipe.retrieve):  # ask_stream raises at the call, before iteration
+        with pytest.raises(QuestionTooLongError, match=message):
+            call("LoRA的秩取多少？？")
+    assert issubclass(QuestionTooLongError, ConfigError)
+    assert model.messages == [] and embedder.calls == calls
+    assert not pipe.ask("  LoRA的秩取多少？ \n").refused  # 10 characters: at the limit; surrounding space is free
+
+
+@pytest.mark.parametrize("question", ["", "  \n\t"])
+def test_empty_question_is_refused(indexed, question):
+    from ragbot.errors import ConfigError
+
+    model = FakeChatModel()
+    pipe = RagPipeline.from_settings(indexed, chat_model=model, embedder=FakeEmbedder())
+    for call in (pipe.ask, pipe.ask_stream, pipe.retrieve):
+        with pytest.raises(ConfigError, match="the question is empty"):
+            call(question)
+    assert model.messages == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ def app_env(tmp_path, monkeypatch, corpus):
     monkeypatch.setenv("RAGBOT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RAGBOT_UI_FAKE_MODELS", "1")
     monkeypatch.setenv("RAGBOT_UI_CORPUS", str(corpus))
-    for var in ("RAGBOT_CONFIG", "RAGBOT_INDEX_DIR", "RAGBOT_RERANKER", "RAGBOT_UI_MAX_UPLOAD_MB"):
+    for var in ("RAGBOT_CONFIG", "RAGBOT_INDEX_DIR", "RAGBOT_RERANKER", "RAGBOT_UI_MAX_UPLOAD_MB",
+                "RAGBOT_UI_MAX_UPLOAD_FILES"):
         monkeypatch.delenv(var, raising=False)
     from ui.resources import load_settings
 
@@ -70,3 +72,18 @@ def app(indexed):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def find_autolinks(markdown: str) -> list[str]:
+    """What Streamlit's Markdown (remark-gfm) would turn into links in ``markdown`` (a superset, to be safe).
+
+    remark-gfm finds bare ``http(s)://…``, ``www.…`` and e-mail addresses in the text *after* parsing,
+    that is with backslash escapes already resolved, so they are resolved here first.
+    """
+    text = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return re.findall(r"(?:https?://|www\.)[-.\w]+|[-.\w+]+@[-\w]+(?:\.[-\w]+)+", text, flags=re.IGNORECASE | re.ASCII)
+
+
+@pytest.fixture
+def autolinks():
+    return find_autolinks

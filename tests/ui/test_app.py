@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from ragbot.arena import VoteStore
 from ragbot.settings import REFUSAL
 from ragbot.store import IndexStore
@@ -250,3 +252,191 @@ def test_arena_draws_a_question_from_the_eval_set(app, corpus):
     app.button(key="arena_draw").click().run()
     questions = {json.loads(line)["question"] for line in (corpus / "qa.jsonl").read_text(encoding="utf-8").splitlines()}
     assert app.text_input(key="arena_question").value in questions
+
+
+# ---------------------------------------------------------------- hostile text stays data
+
+
+def test_streamed_answer_is_escaped_like_the_final_one(app, monkeypatch, autolinks):
+    from streamlit.elements.markdown import MarkdownMixin
+
+    from ui.fakes import FakeChatModel
+
+    hostile = "LoRA 冻结权重 ![x](http://127.0.0.1:9/leak) 详见 http://evil.example/a 或 www.evil.example [1]"
+    monkeypatch.setattr(FakeChatModel, "_reply", staticmethod(lambda messages: hostile))
+    drawn = []  # every Markdown body drawn through a placeholder (what the browser sees while streaming)
+    original = MarkdownMixin.markdown
+    monkeypatch.setattr(MarkdownMixin, "markdown", lambda self, body, *a, **kw: drawn.append(str(body))
+                        or original(self, body, *a, **kw))
+    ask(app, "LoRA 为什么能减少显存占用？")
+    streamed = [b for b in drawn if "127.0.0.1" in b]
+    final = [m.value for m in app.markdown if "127.0.0.1" in m.value]
+    assert len(streamed) >= 3 and final  # piece by piece, then the final rendering
+    for body in streamed + final:
+        assert not re.search(r"(?<!\\)\]\((?!#cite-)|(?<!\\):(?=//)", body), body  # no link or image but citations
+        assert autolinks(body) == [], body  # and no bare URL that Markdown would make clickable
+    assert "(#cite-0-1" in final[0]  # the citation is still a link to its passage
+
+
+def test_too_long_question_is_refused_before_anything_runs(app, monkeypatch):
+    from ui.resources import Models
+
+    pipeline = Models.pipeline
+    monkeypatch.setattr(Models, "pipeline", lambda *a, **kw: pytest.fail("nothing may run for a refused question"))
+    ask(app, "长" * 2001)
+    turn = app.session_state["chat_turns"][0]
+    assert turn.answer is None and "问题太长：2001 个字符，超过上限 2000" in turn.error
+    assert any("问题太长" in e and "max_question_chars" in e for e in texts(app.error))
+    monkeypatch.setattr(Models, "pipeline", pipeline)
+    ask(app, "LoRA 为什么能减少显存占用？")  # the conversation goes on
+    assert app.session_state["chat_turns"][1].answer is not None
+
+
+def test_library_question_limit_is_shown_clearly(app, monkeypatch):
+    from ragbot.errors import QuestionTooLongError
+    from ragbot.pipeline import RagPipeline
+
+    def refuse(self, question, top_k=None):
+        raise QuestionTooLongError("the question has 3001 characters, more than max_question_chars (2000)")
+
+    monkeypatch.setattr(RagPipeline, "retrieve", refuse)  # e.g. a rewritten question that grew too long
+    ask(app, "LoRA 为什么能减少显存占用？")
+    assert any("问题太长" in e and "max_question_chars (2000)" in e for e in texts(app.error))
+
+
+# ---------------------------------------------------------------- uploads and knowledge-base jobs
+
+
+def test_upload_batch_keeps_same_named_files_apart_and_caps_their_number(app, app_env, monkeypatch):
+    monkeypatch.setenv("RAGBOT_UI_MAX_UPLOAD_FILES", "3")
+    app.tabs[1].file_uploader[0].set_value([
+        ("a/x.md", "# 甲\n\n第一份同名文档。\n".encode(), "text/markdown"),
+        ("b\\x.md", "# 乙\n\n第二份同名文档。\n".encode(), "text/markdown"),
+        ("x?.md", "# 丙\n\n第三份同名文档。\n".encode(), "text/markdown"),
+        ("extra.md", "# 丁\n\n第四份，超出数量上限。\n".encode(), "text/markdown"),
+    ]).run()
+    app.button(key="kb_ingest").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    uploads = app_env.home / "uploads"
+    assert sorted(p.name for p in uploads.iterdir()) == ["x (2).md", "x (3).md", "x.md"]  # no temp file left either
+    assert "第二份" in (uploads / "x (2).md").read_text(encoding="utf-8")
+    assert any("extra.md" in w and "一次最多上传 3 个文件" in w for w in texts(app.warning))
+    sources = {r.source for r in IndexStore.load(app_env.index_path).manifest.files.values()}
+    assert {"x.md", "x (2).md", "x (3).md"} <= sources and "extra.md" not in sources
+    # a later batch with the same name updates that file, as the uploader's label says
+    app.tabs[1].file_uploader[0].set_value([("x.md", "# 甲\n\n更新后的文档。\n".encode(), "text/markdown")]).run()
+    app.button(key="kb_ingest").click().run()
+    assert "更新后" in (uploads / "x.md").read_text(encoding="utf-8") and len(list(uploads.iterdir())) == 3
+    assert any("更新 1 个" in s for s in texts(app.success))
+
+
+def test_a_click_during_an_ingest_does_not_stop_it(app, app_env, monkeypatch):
+    import threading
+
+    from ui import kb
+    from ui.resources import get_jobs
+
+    gate, perform, follow = threading.Event(), kb.perform, kb.JobView.follow
+
+    def slow(settings, embedder_for, request, progress=None):
+        progress(total=4, desc="embed", unit="chunk").update(1)
+        assert gate.wait(30)
+        return perform(settings, embedder_for, request, progress)
+
+    monkeypatch.setattr(kb, "perform", slow)
+    # the run that started the job is stopped (as by a click) before it could wait for the job
+    monkeypatch.setattr(kb.JobView, "follow", lambda self: None)
+    app.tabs[1].file_uploader[0].set_value([("new.md", "# 新文档\n\n梯度裁剪限制梯度范数。\n".encode(),
+                                             "text/markdown")]).run()
+    app.button(key="kb_ingest").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    app.run()  # any later rerun shows the running job, with its progress, and no second job can start
+    assert any("正在导入文档" in m for m in texts(app.markdown))
+    assert any("向量化：1/4" in p.proto.text for p in app.get("progress"))
+    assert app.button(key="kb_reingest").disabled and app.button(key="kb_ingest").disabled
+    job = get_jobs().get(kb.job_key(app_env))
+    assert not job.done
+    gate.set()
+    assert job.wait(30)  # it ran to the end with nobody polling
+    assert "new.md" in {r.source for r in IndexStore.load(app_env.index_path).manifest.files.values()}
+    monkeypatch.setattr(kb.JobView, "follow", follow)
+    app.run()  # the next rerun shows its outcome
+    assert any("导入完成：新增 1 个" in s for s in texts(app.success))
+    assert "new.md" in set(frame_with(app, "分块数")["文件"])
+
+
+def test_reingest_that_would_empty_the_index_asks_first(app, app_env, corpus):
+    (corpus / "lora.md").unlink()
+    (corpus / "adam.md").unlink()
+    app.button(key="kb_reingest").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("2 / 3 个文件" in w for w in texts(app.warning))
+    dropped = frame_with(app, "原因")
+    assert sorted(dropped["文件"]) == ["adam.md", "lora.md"] and set(dropped["原因"]) == {"文件已不存在"}
+    assert len(IndexStore.load(app_env.index_path).manifest.files) == 3  # nothing published yet
+    app.run()  # still waiting for an answer after an unrelated rerun
+    app.button(key="kb_force").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert [r.source for r in IndexStore.load(app_env.index_path).manifest.files.values()] == ["unsafe.md"]
+    assert any("导入完成" in s for s in texts(app.info)) and not any(b.key == "kb_force" for b in app.button)
+    assert any("lora.md" in e and "未能导入" in e for e in texts(app.error))  # each dropped file, with its reason
+
+
+def test_cancelling_the_confirmation_keeps_the_index(app, app_env, corpus):
+    for name in ("lora.md", "adam.md", "unsafe.md"):
+        (corpus / name).unlink()
+    app.button(key="kb_reingest").click().run()
+    assert any("3 / 3 个文件" in w for w in texts(app.warning))
+    app.button(key="kb_force_cancel").click().run()
+    assert any("已取消重新导入全部文档" in i for i in texts(app.info))
+    assert not any(b.key == "kb_force" for b in app.button)
+    assert len(IndexStore.load(app_env.index_path).manifest.files) == 3
+
+
+def test_interrupted_evaluation_is_reported_as_cancelled(app, app_env, monkeypatch):
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from ragbot.evaluation.runner import EvalRunner
+
+    answered, one = [], EvalRunner._one
+
+    def stop_after_two(*args, **kwargs):
+        if len(answered) == 2:
+            raise StopException()  # what Streamlit raises in the script when the user clicks meanwhile
+        answered.append(1)
+        return one(*args, **kwargs)
+
+    monkeypatch.setattr(EvalRunner, "_one", staticmethod(stop_after_two))
+    app.number_input(key="ev_limit").set_value(3).run()
+    app.button(key="ev_run").click().run()
+    monkeypatch.setattr(EvalRunner, "_one", staticmethod(one))
+    app.run()
+    assert any("评测已取消" in w and "完成了 2 / 3 题" in w for w in texts(app.warning))
+    assert not (app_env.home / "eval_history.db").exists()  # nothing half-done was recorded
+
+
+def test_run_script_listens_on_localhost_unless_told(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    (root / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(APP.parents[1] / "scripts" / "run.sh", root / "scripts" / "run.sh")
+    stubs = {"scripts/setup.sh": "exit 0", ".venv/bin/ragbot": "exit 0",
+             ".venv/bin/streamlit": 'printf "%s\\n" "$@" > "$ARGS_OUT"'}
+    for name, body in stubs.items():
+        (root / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (root / name).chmod(0o755)
+
+    def args(**env: str) -> list[str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("RAGBOT_")}
+        subprocess.run(["bash", str(root / "scripts" / "run.sh")], env={**base, "ARGS_OUT": str(tmp_path / "args"),
+                                                                      **env}, check=True, capture_output=True)
+        return (tmp_path / "args").read_text().splitlines()
+
+    default = args()
+    assert default[default.index("--server.address") + 1] == "127.0.0.1"
+    opened = args(RAGBOT_ADDRESS="0.0.0.0")
+    assert opened[opened.index("--server.address") + 1] == "0.0.0.0"

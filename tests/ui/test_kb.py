@@ -113,3 +113,81 @@ def test_deleting_an_upload_removes_the_stored_copy(indexed):
     assert row.uploaded
     delete_documents(indexed, [row.doc_id])
     assert not path.exists()
+
+
+def test_one_batch_keeps_files_whose_names_collide(tmp_path):
+    from ui.kb import save_uploads
+
+    files = [("a/x.md", b"# 1\n"), ("b\\x.md", b"# 2\n"), ("x?.md", b"# 3\n"), ("x*.md", b"# 4\n"), ("X.md", b"# 5\n")]
+    saved, rejected = save_uploads(tmp_path, files, limit=100)
+    assert [p.name for p in saved] == ["x.md", "x (2).md", "x (3).md", "x (4).md", "X (5).md"] and not rejected
+    assert [p.read_bytes() for p in saved] == [data for _, data in files]  # nothing overwritten
+    saved, _ = save_uploads(tmp_path, [("x.md", b"# new\n")], limit=100)  # a later batch updates the file
+    assert saved == [tmp_path.resolve() / "x.md"] and saved[0].read_bytes() == b"# new\n"
+    assert len(list(tmp_path.iterdir())) == 5
+
+
+def test_a_batch_is_capped_and_bad_files_are_refused_one_by_one(tmp_path):
+    from ui.kb import max_upload_files, save_uploads
+
+    files = [("a.md", b"# a\n"), ("b.exe", b"MZ"), ("c.md", b"# c\n"), ("d.md", b"# d\n")]
+    saved, rejected = save_uploads(tmp_path, files, limit=100, max_files=3)
+    assert [p.name for p in saved] == ["a.md", "c.md"]
+    assert [name for name, _ in rejected] == ["b.exe", "d.md"] and "一次最多上传 3 个文件" in rejected[1][1]
+    assert max_upload_files({}) == 50 and max_upload_files({"RAGBOT_UI_MAX_UPLOAD_FILES": "5"}) == 5
+    assert max_upload_files({"RAGBOT_UI_MAX_UPLOAD_FILES": "many"}) == 50
+    assert max_upload_files({"RAGBOT_UI_MAX_UPLOAD_FILES": "0"}) == 1
+
+
+def test_each_write_has_its_own_temp_file_removed_on_error(tmp_path, monkeypatch):
+    import os
+
+    temps = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: temps.append(src) or replace(src, dst))
+    save_upload(tmp_path, "same.md", b"# one\n", limit=100)
+    save_upload(tmp_path, "same.md", b"# two\n", limit=100)
+    assert len(set(temps)) == 2 and all(str(t).endswith(".part") for t in temps)
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        save_upload(tmp_path, "same.md", b"# three\n", limit=100)
+    assert [p.name for p in tmp_path.iterdir()] == ["same.md"] and (tmp_path / "same.md").read_bytes() == b"# two\n"
+
+
+def test_long_cjk_names_fit_the_file_system():
+    name = sanitize_filename("报" * 300 + ".md")
+    assert len(name.encode()) <= 200 and name.endswith(".md")
+    from ui.kb import unique_name
+
+    assert unique_name(name, {name.casefold()}).endswith(" (2).md") and len(unique_name(name, {name}).encode()) <= 200
+
+
+def test_a_reingest_that_would_drop_most_files_waits_for_force(indexed, corpus):
+    from ui.kb import Request, perform
+
+    (corpus / "lora.md").unlink()
+    (corpus / "adam.md").unlink()
+    outcome = perform(indexed, fake_embedder_for, Request("reingest"))
+    assert outcome.kind == "confirm" and outcome.total == 3
+    assert sorted(outcome.dropped) == [("adam.md", "not found"), ("lora.md", "not found")]
+    assert len(IndexStore.load(indexed.index_path).manifest.files) == 3  # not published
+    assert outcome.request is not None and not outcome.request.force
+    outcome = perform(indexed, fake_embedder_for, Request("reingest", force=True))
+    assert outcome.kind in ("success", "info")
+    assert [r.source for r in IndexStore.load(indexed.index_path).manifest.files.values()] == ["unsafe.md"]
+
+
+def test_force_reaches_the_ingest_pipeline(indexed, monkeypatch):
+    from ingest.pipeline import IngestPipeline
+
+    calls = []
+    run = IngestPipeline.run
+    monkeypatch.setattr(IngestPipeline, "run", lambda self, paths, index_path, **kw: calls.append(kw)
+                        or run(self, paths, index_path, **kw))
+    reingest_all(indexed, fake_embedder_for, force=True)
+    ingest_paths(indexed, [], fake_embedder_for)
+    assert calls == [{"rebuild": True, "force": True}, {"rebuild": False, "force": False}]

@@ -42,6 +42,19 @@ def test_md_escape_neutralises_markdown_and_html():
     assert md_escape_answer("**重点** <b>x</b> [a](b)") == "**重点** \\<b\\>x\\</b\\> \\[a\\](b)"
 
 
+HOSTILE = ("见 http://127.0.0.1:9/leak 与 HTTPS://evil.example/a?b=1、www.evil.example，"
+           "[点我](http://evil.example)，写信给 root+x@evil.example。")
+
+
+def test_bare_urls_and_emails_are_not_clickable(autolinks):
+    assert autolinks(HOSTILE) and autolinks("http\\://x.example www\\.x.example a\\@x.example") == [
+        "http://x.example", "www.x.example", "a@x.example"]  # backslash escapes alone do not stop remark-gfm
+    for md in (md_escape_answer(HOSTILE), md_escape(HOSTILE)):
+        assert autolinks(md) == [] and not re.search(r"(?<!\\)\]\(|(?<!\\):(?=//)", md)  # no link syntax either
+        assert md.replace("\u2060", "").replace("\\", "").startswith("见 http://127.0.0.1:9/leak")  # reads the same
+    assert md_escape_answer("装饰器 @property 不是邮箱") == "装饰器 @property 不是邮箱"
+
+
 def test_answer_markdown_links_each_citation_with_a_tooltip():
     c = chunk()
     md = answer_markdown(answer('秩 r 常取 8 [1]。"引号" [7]', [c]), turn=3)

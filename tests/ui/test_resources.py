@@ -36,3 +36,22 @@ def test_index_version_changes_on_save(indexed):
     store.save(indexed.index_path)
     assert v1 and index_version(indexed.index_path) not in ("", v1)
     assert index_version(indexed.home / "nowhere") == ""
+
+
+def test_one_store_per_index_version(indexed, monkeypatch):
+    from ragbot.store import IndexStore
+    from ui.resources import clear_pipelines, get_pipeline
+
+    loads = []
+    load = IndexStore.load.__func__
+    monkeypatch.setattr(IndexStore, "load", classmethod(lambda cls, *a, **kw: loads.append(a) or load(cls, *a, **kw)))
+    clear_pipelines()
+    a = get_pipeline(indexed)
+    b = get_pipeline(indexed.replace(temperature=0.7, reranker="none"))
+    assert a is not b and b.reranker is None and a.generator.temperature != b.generator.temperature
+    assert a.store is b.store and len(loads) == 1  # read once, whatever the sidebar changes
+    IndexStore.load(indexed.index_path).save(indexed.index_path)  # a new version: read again, once
+    loads.clear()
+    c = get_pipeline(indexed)
+    d = get_pipeline(indexed.replace(temperature=0.3))
+    assert c.store is d.store is not a.store and len(loads) == 1
