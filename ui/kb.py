@@ -199,6 +199,7 @@ class DocumentRow:
     size: int
     ingested_at: float
     uploaded: bool
+    aliases: tuple[str, ...] = ()  # names of other files with identical content (indexed once)
 
 
 def list_documents(settings: Settings, store: IndexStore | None = None) -> list[DocumentRow]:
@@ -209,7 +210,8 @@ def list_documents(settings: Settings, store: IndexStore | None = None) -> list[
         store = IndexStore.load(settings.index_path)
     up = uploads_dir(settings).resolve()
     rows = [DocumentRow(r.doc_id, r.source, r.kind, len(r.chunk_ids), r.pages, r.size, r.ingested_at,
-                        Path(r.doc_id).is_relative_to(up)) for r in store.manifest.files.values()]
+                        Path(r.doc_id).is_relative_to(up), tuple(r.aliases.values()))
+            for r in store.manifest.files.values()]
     return sorted(rows, key=lambda r: (-round(r.ingested_at), r.source))  # newest first
 
 
@@ -217,7 +219,7 @@ def documents_frame(rows: Sequence[DocumentRow]) -> Any:
     import pandas as pd
 
     kinds = {"markdown": "Markdown", "text": "文本", "pdf": "PDF"}
-    return pd.DataFrame([{"文件": r.source, "类型": kinds.get(r.kind, r.kind), "分块数": r.chunks,
+    return pd.DataFrame([{"文件": r.source + "".join(f"\n= {a}" for a in r.aliases), "类型": kinds.get(r.kind, r.kind), "分块数": r.chunks,
                           "页数": str(r.pages) if r.pages else "—", "大小 (KB)": round(r.size / 1024, 1),
                           "导入时间": dt.datetime.fromtimestamp(r.ingested_at).strftime("%Y-%m-%d %H:%M"),
                           "来源": "上传" if r.uploaded else "本地目录"} for r in rows],

@@ -191,3 +191,20 @@ def test_force_reaches_the_ingest_pipeline(indexed, monkeypatch):
     reingest_all(indexed, fake_embedder_for, force=True)
     ingest_paths(indexed, [], fake_embedder_for)
     assert calls == [{"rebuild": True, "force": True}, {"rebuild": False, "force": False}]
+
+
+def test_identical_copies_are_listed_under_the_document_they_share(tmp_path):
+    from fakes import FakeEmbedder
+    from ingest.pipeline import IngestPipeline
+    from ragbot.settings import Settings
+    from ui.kb import documents_frame, list_documents
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# 标题\n\n同样的内容。\n", encoding="utf-8")
+    (docs / "b.md").write_text("# 标题\n\n同样的内容。\n", encoding="utf-8")
+    settings = Settings(home=tmp_path / "home")
+    IngestPipeline.from_settings(settings, FakeEmbedder()).run([docs], settings.index_path)
+    rows = list_documents(settings)
+    assert len(rows) == 1 and rows[0].source == "a.md" and rows[0].aliases == ("b.md",)
+    assert documents_frame(rows)["文件"][0] == "a.md\n= b.md"
