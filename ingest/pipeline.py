@@ -401,7 +401,8 @@ def _refuse_unsafe_publish(old: IndexStore, kept: set[str], failed: dict[str, st
         reasons[key] = reasons.get(key, 0) + 1
     why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
     names = ", ".join(src for src, _ in gone[:3]) + (" ..." if len(gone) > 3 else "")
-    given = f"; {', '.join(missing_inputs)} does not exist" if missing_inputs else ""
+    shown = ", ".join(missing_inputs[:3]) + (f" and {len(missing_inputs) - 3} more" if len(missing_inputs) > 3 else "")
+    given = f"; {shown} {'does' if len(missing_inputs) == 1 else 'do'} not exist" if missing_inputs else ""
     raise UnsafePublishError(
         f"refusing to {what} {index_path}: it would drop {len(gone)} of {len(before)} indexed files ({why}: {names}"
         f"){given}. Check the paths you gave; to drop them anyway, re-run with --force", gone, len(before))
