@@ -387,6 +387,17 @@ class IndexStore:
         _publish_pointer(path, target.name)
         return target
 
+    @classmethod
+    def delete(cls, path: Path) -> None:
+        """Remove the index at ``path`` (call it holding :meth:`writer_lock`): the pointer goes first, durably, so
+        nothing opens it any more; versions a reader still holds stay until a later save or delete prunes them."""
+        path = Path(path)
+        (path / "CURRENT").unlink(missing_ok=True)
+        if path.is_dir():
+            _fsync_dir(path)
+        for name in cls.version_names(path):
+            _remove_unless_read(path / name)
+
     @staticmethod
     @contextlib.contextmanager
     def writer_lock(path: Path, timeout_s: float = 600.0) -> Iterator[None]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -295,8 +294,7 @@ def reingest_all(settings: Settings, embedder_for: EmbedderFor, progress: Any = 
     report = _ingest(settings, embedder_for, files, settings.index_path, progress, rebuild=True, force=force)
     for _, path in variants:
         with IndexStore.writer_lock(path, settings.lock_timeout_s):
-            shutil.rmtree(path / (path / "CURRENT").read_text().strip(), ignore_errors=True)
-            (path / "CURRENT").unlink(missing_ok=True)
+            IndexStore.delete(path)
     return report
 
 

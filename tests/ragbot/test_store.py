@@ -231,3 +231,20 @@ def test_paths_with_undecodable_bytes_round_trip(tmp_path):
     store.save(tmp_path / "idx")
     loaded = IndexStore.load(tmp_path / "idx")
     assert doc_id in loaded.manifest.files and loaded.chunks["k"].doc_id == doc_id
+
+
+def test_delete_removes_the_index_but_not_a_version_a_reader_holds(tmp_path):
+    import fcntl
+
+    store, _ = make_store()
+    store.save(tmp_path, grace_s=0)
+    held = IndexStore.current_version(tmp_path)
+    store.save(tmp_path, grace_s=0)
+    with open(tmp_path / held / ".readers", "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        IndexStore.delete(tmp_path)
+        assert not IndexStore.exists(tmp_path) and IndexStore.version_names(tmp_path) == [held]
+    with pytest.raises(IndexNotFoundError):
+        IndexStore.load(tmp_path)
+    IndexStore.delete(tmp_path)
+    assert IndexStore.version_names(tmp_path) == []
