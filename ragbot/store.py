@@ -101,12 +101,9 @@ class Manifest:
         d["files"] = {k: {**asdict(v), "chunk_ids": list(v.chunk_ids)} for k, v in self.files.items()}
         return _json(d, indent=1)
 
-    def owner(self, doc_id: str) -> FileRecord | None:
-        """The record that holds ``doc_id``, as its own path or as an alias."""
-        record = self.files.get(doc_id)
-        if record is not None:
-            return record
-        return next((r for r in self.files.values() if doc_id in r.aliases), None)
+    def sources(self) -> dict[str, str]:
+        """Every path the index holds, its records' own and their aliases', with the name shown for it."""
+        return {name: source for r in self.files.values() for name, source in ((r.doc_id, r.source), *r.aliases.items())}
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -198,7 +195,11 @@ class IndexStore:
         if not cls.exists(path):
             raise IndexNotFoundError(f"no index at {path}; build one with: ragbot ingest PATH... --index {path}")
         current = cls.current_version(path)
-        candidates = [current] + [n for n in reversed(cls.version_names(path)) if n != current]
+        # fall back to the versions published before the live one first, newest first; a newer folder is one
+        # rolled back from, or one a killed writer never published: only when nothing older reads
+        others = [n for n in reversed(cls.version_names(path)) if n != current]
+        older = [n for n in others if _version_time(n) < _version_time(current)]
+        candidates = [current, *older, *(n for n in others if n not in older)]
         first_error: IndexCorruptError | None = None
         for name in candidates:
             try:
@@ -236,7 +237,7 @@ class IndexStore:
 
         name = version.name
         try:
-            manifest = Manifest.from_json(_read_text(version / "manifest.json"))
+            manifest = Manifest.from_json((version / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise IndexCorruptError(f"version {name} has an unreadable manifest ({type(e).__name__}: {e})") from None
         if manifest.format_version != FORMAT_VERSION:
@@ -349,41 +350,40 @@ class IndexStore:
     @classmethod
     def versions(cls, path: Path) -> list[VersionInfo]:
         """Every version on disk, newest first, with whether it reads cleanly."""
-        path = Path(path)
         current = cls.current_version(path)
-        out = []
-        for name in reversed(cls.version_names(path)):
-            try:
-                store = cls._load_version(path, name)
-                out.append(VersionInfo(name, _version_time(name) / 1e9, name == current, len(store.manifest.files),
-                                       len(store), ""))
-            except (IndexCorruptError, IndexMismatchError) as e:
-                out.append(VersionInfo(name, _version_time(name) / 1e9, name == current, 0, 0, str(e)))
-        return out
+        return [cls._info(Path(path), name, current) for name in reversed(cls.version_names(path))]
+
+    @classmethod
+    def _info(cls, path: Path, name: str, current: str) -> VersionInfo:
+        try:
+            store = cls._load_version(path, name)
+            return VersionInfo(name, _version_time(name) / 1e9, name == current, len(store.manifest.files), len(store))
+        except (IndexCorruptError, IndexMismatchError) as e:
+            return VersionInfo(name, _version_time(name) / 1e9, name == current, 0, 0, str(e))
 
     @classmethod
     def rollback(cls, path: Path, to: str | None = None) -> VersionInfo:
         """Make an earlier version live again: ``to`` by name, or the newest readable one older than the live one.
 
         Call it holding :meth:`writer_lock`. The version rolled back from stays on disk (it is pruned later
-        like any superseded version), so a rollback can itself be undone with ``to``.
+        like any superseded version), so a rollback can itself be undone with ``to``. Only the versions
+        it considers are read.
         """
         path = Path(path)
         if not cls.exists(path):
             raise IndexNotFoundError(f"no index at {path}; nothing to roll back")
-        infos = cls.versions(path)
-        current = cls.current_version(path)
+        names, current = cls.version_names(path), cls.current_version(path)
         if to is not None:
-            target = next((v for v in infos if v.name == to), None)
-            if target is None:
-                raise IndexNotFoundError(f"no version {to!r} in {path}; versions: {', '.join(v.name for v in infos)}")
+            if to not in names:
+                raise IndexNotFoundError(f"no version {to!r} in {path}; versions: {', '.join(reversed(names))}")
+            target = cls._info(path, to, current)
             if target.error:
                 raise IndexCorruptError(f"version {to} cannot be used: {target.error}")
         else:
-            older = [v for v in infos if _version_time(v.name) < _version_time(current) and not v.error]
-            if not older:
+            older = (cls._info(path, n, current) for n in reversed(names) if _version_time(n) < _version_time(current))
+            target = next((v for v in older if not v.error), None)
+            if target is None:
                 raise IndexNotFoundError(f"index at {path} has no earlier readable version to roll back to")
-            target = older[0]
         _publish_pointer(path, target.name)
         return target
 
@@ -577,10 +577,6 @@ def _json(obj: Any, indent: int | None = None) -> str:
     except UnicodeEncodeError:
         text = json.dumps(obj, ensure_ascii=True, indent=indent)
     return text
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
 
 
 def _lock_holder(fh: Any) -> str:

@@ -248,3 +248,20 @@ def test_delete_removes_the_index_but_not_a_version_a_reader_holds(tmp_path):
         IndexStore.load(tmp_path)
     IndexStore.delete(tmp_path)
     assert IndexStore.version_names(tmp_path) == []
+
+
+def test_fallback_prefers_the_version_published_before_over_one_never_published(tmp_path, monkeypatch):
+    import ragbot.store as S
+
+    store, _ = make_store()
+    store.save(tmp_path, grace_s=0)
+    good = IndexStore.current_version(tmp_path)
+    store.drop_file("doc0")
+    live = store.save(tmp_path, grace_s=0)
+    monkeypatch.setattr(S, "_publish_pointer", lambda path, name: None)  # a writer killed before the swap
+    store.drop_file("doc1")
+    unpublished = store.save(tmp_path, grace_s=0)
+    monkeypatch.undo()
+    assert IndexStore.current_version(tmp_path) == live.name and unpublished.is_dir()
+    (live / "manifest.json").write_text("{", encoding="utf-8")
+    assert IndexStore.load(tmp_path).version == good
