@@ -20,7 +20,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingest.chunking import Chunker  # noqa: E402
 from ingest.pipeline import IngestPipeline  # noqa: E402
 from ragbot.embedder import SentenceTransformerEmbedder  # noqa: E402
 from ragbot.generation import HFChatModel, build_messages  # noqa: E402
@@ -70,8 +69,7 @@ def main() -> int:
         embedder = SentenceTransformerEmbedder.from_settings(settings)
         embedder.warm_up()
         load_s = time.perf_counter() - t
-        report = IngestPipeline(embedder, Chunker(settings.chunk_size, settings.chunk_overlap)).run(
-            [Path(args.corpus)], Path(tmp) / "index")
+        report = IngestPipeline.from_settings(settings, embedder).run([Path(args.corpus)], Path(tmp) / "index")
         out["ingest_seconds"] = {"embedder_load": round(load_s, 1), **{k: round(v, 1) for k, v in report.seconds.items()}}
         out["ingest_chunks"] = report.chunks_total
         print(f"ingest {args.corpus}: {report.chunks_total} chunks; seconds {out['ingest_seconds']}", flush=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,26 +130,28 @@ class IngestPipeline:
         for path, root in files:  # one record per file: the same file twice, or through a symlink, is one
             unique.setdefault(str(path.resolve()), (path, root))
         docs: list[LoadedDocument] = []
-        for doc_id, (path, root) in self.progress(list(unique.items()), desc="files", unit="file"):
+
+        def load(doc_id: str, path: Path, root: Path | None, source: str | None = None) -> None:
             try:
-                docs.append(self.loader.run(path, root))
+                doc = self.loader.run(path, root)
             except LoadError as e:
                 failed.append(FileFailure(display_path(e.path), e.reason))
                 failed_ids[doc_id] = e.reason
-            except Exception as e:  # one broken file must never stop the others
+            except Exception as e:  # a custom loader's surprise on one file must never stop the others
                 failed.append(FileFailure(display_path(path), f"could not be read ({type(e).__name__}: {e})"))
                 failed_ids[doc_id] = str(e)
+            else:
+                docs.append(doc if source is None else dataclasses.replace(doc, source=source))
+
+        for doc_id, (path, root) in self.progress(list(unique.items()), desc="files", unit="file"):
+            load(doc_id, path, root)
         plan = _Plan(store, docs)
         if prune:
             roots = [p.resolve() for p in paths if p.is_dir()]
             plan.prune(lambda doc_id: any(Path(doc_id).is_relative_to(r) for r in roots)
                        and doc_id not in unique and not Path(doc_id).exists())
-        for doc, source in plan.orphans().items():  # aliases whose indexed copy changed or went: index them alone
-            try:
-                docs.append(dataclasses.replace(self.loader.run(Path(doc)), source=source))
-            except Exception as e:
-                failed.append(FileFailure(display_path(doc), f"could not be read ({type(e).__name__}: {e})"))
-                failed_ids[doc] = str(e)
+        for doc_id, source in plan.orphans().items():  # aliases whose indexed copy changed or went: index them alone
+            load(doc_id, Path(doc_id), None, source)
         to_index: list[tuple[LoadedDocument, list[Chunk]]] = []
         for doc in plan.new_docs(docs):
             try:
@@ -280,8 +283,10 @@ class _Plan:
         self._orphans: dict[str, str] = {}  # alias doc_id -> source
         self._seen = {d.doc_id for d in docs}
         self._new: set[str] = set()
+        # every path the index holds -> its record (built once: one lookup per document, aliases included)
+        owners = {name: record for record in self.files.values() for name in record.names()}
         for doc in docs:
-            owner = self._owner(doc.doc_id)
+            owner = owners.get(doc.doc_id)
             if owner is not None and owner.sha256 == doc.sha256 and (owner.doc_id != doc.doc_id or owner.source == doc.source):
                 self._unchanged[doc.doc_id] = (doc.source, owner.doc_id)
                 continue
@@ -293,10 +298,6 @@ class _Plan:
                 self._orphan_aliases(owner)
             else:
                 self._detach(owner.doc_id, doc.doc_id)
-
-    def _owner(self, doc_id: str) -> FileRecord | None:
-        record = self.files.get(doc_id)
-        return record if record is not None else next((r for r in self.files.values() if doc_id in r.aliases), None)
 
     def _detach(self, record_id: str, alias: str) -> None:
         self.detached.setdefault(record_id, set()).add(alias)
@@ -390,15 +391,11 @@ class _Plan:
 def _refuse_unsafe_publish(old: IndexStore, kept: set[str], failed: dict[str, str], index_path: Path,
                            force: bool, what: str, missing_inputs: Sequence[str] = ()) -> None:
     """Refuse a rebuild or prune that would drop every indexed file, or more than half of them."""
-    before = {name: record.source if name == record.doc_id else record.aliases[name]
-              for record in old.manifest.files.values() for name in record.names()}
+    before = old.manifest.sources()
     gone = [(before[n], f"failed to load: {failed[n]}" if n in failed else "not found") for n in before if n not in kept]
     if force or not before or not gone or (len(gone) < len(before) and len(gone) * 2 <= len(before)):
         return
-    reasons = {}
-    for _, reason in gone:
-        key = "not found" if reason == "not found" else "failed to load"
-        reasons[key] = reasons.get(key, 0) + 1
+    reasons = Counter("not found" if reason == "not found" else "failed to load" for _, reason in gone)
     why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
     names = ", ".join(src for src, _ in gone[:3]) + (" ..." if len(gone) > 3 else "")
     shown = ", ".join(missing_inputs[:3]) + (f" and {len(missing_inputs) - 3} more" if len(missing_inputs) > 3 else "")

@@ -290,7 +290,7 @@ def reingest_all(settings: Settings, embedder_for: EmbedderFor, progress: Any = 
     variants = existing_variant_indexes(settings)
     files = []
     if IndexStore.exists(settings.index_path):  # every name, aliases too: identical copies stay listed
-        files = [Path(n) for r in IndexStore.load(settings.index_path).manifest.files.values() for n in r.names()]
+        files = [Path(n) for n in IndexStore.load(settings.index_path).manifest.sources()]
     report = _ingest(settings, embedder_for, files, settings.index_path, progress, rebuild=True, force=force)
     for _, path in variants:
         with IndexStore.writer_lock(path, settings.lock_timeout_s):

@@ -197,7 +197,7 @@ def ensure_variant_indexes(base: Settings, variants: Sequence[Variant], progress
 
     built = []
     main = IndexStore.load(base.index_path)
-    files = [Path(name) for record in main.manifest.files.values() for name in record.names()]
+    files = [Path(name) for name in main.manifest.sources()]
     for variant in variants:
         vs = variant.settings(base)
         path = variant_index_path(base, vs)
