@@ -46,4 +46,8 @@ class UnsafePublishError(RagbotError):
 
 
 class QuestionTooLongError(ConfigError):
-    """A question has more characters than ``max_question_chars``."""
+    """A question has more characters than ``max_question_chars`` (``length`` and ``limit``, 0 when unknown)."""
+
+    def __init__(self, message: str, length: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.length, self.limit = length, limit

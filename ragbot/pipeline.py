@@ -89,14 +89,8 @@ class RagPipeline:
             )
 
     def check_question(self, question: str) -> None:
-        """Refuse an empty question, or one longer than ``max_question_chars`` (it would crowd the
-        passages out of the prompt and slow every stage), with a message that says what to do."""
-        n, limit = len(question.strip()), self.settings.max_question_chars
-        if not n:
-            raise ConfigError("the question is empty; type a question to ask")
-        if n > limit:
-            raise QuestionTooLongError(f"the question has {n} characters, more than max_question_chars ({limit}); "
-                                       "shorten it or raise max_question_chars")
+        """:func:`check_question` with this pipeline's ``max_question_chars``."""
+        check_question(question, self.settings.max_question_chars)
 
     def retrieve(self, question: str, top_k: int | None = None) -> Retrieval:
         """Candidates from every stage; ``.final`` holds the top-k passages for the prompt."""
@@ -161,3 +155,15 @@ class RagPipeline:
                 answer = item
         assert answer is not None
         return answer
+
+
+def check_question(question: str, limit: int) -> None:
+    """Refuse an empty question, or one longer than ``limit`` characters (it would crowd the passages
+    out of the prompt and slow every stage), with a message that says what to do. The web app calls
+    this before it loads any model."""
+    n = len(question.strip())
+    if not n:
+        raise ConfigError("the question is empty; type a question to ask")
+    if n > limit:
+        raise QuestionTooLongError(f"the question has {n} characters, more than max_question_chars ({limit}); "
+                                   "shorten it or raise max_question_chars", length=n, limit=limit)

@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from ragbot.errors import QuestionTooLongError, RagbotError
+from ragbot.pipeline import check_question
 from ragbot.settings import REFUSAL, Settings
 from ragbot.types import Answer, Retrieval
 from ragbot.variants import Variant, variant_index_path
@@ -71,10 +72,11 @@ def history_pairs(turns: list[Turn]) -> list[tuple[str, str]]:
     return pairs
 
 
-def too_long(question: str, limit: int) -> str:
-    """Why a question is refused before anything runs ('' when it is fine): the same rule as ``RagPipeline``."""
-    n = len(question.strip())
-    return f"问题太长：{n} 个字符，超过上限 {limit} 个字符（设置项 max_question_chars）。请精简后再问。" if n > limit else ""
+def too_long(e: QuestionTooLongError) -> str:
+    """The web app's words for a question over ``max_question_chars`` (the library's rule, ``check_question``)."""
+    if not e.limit:
+        return f"问题太长：{e}"
+    return f"问题太长：{e.length} 个字符，超过上限 {e.limit} 个字符（设置项 max_question_chars）。请精简后再问。"
 
 
 def stream_answer(pipeline: Any, question: str, top_k: int, retrieval: Retrieval, holder: dict) -> Iterator[str]:
@@ -192,12 +194,10 @@ def ask(question: str, options: ChatOptions, pipeline_for: Any, turns: list[Turn
     with st.chat_message("assistant"):
         slot = st.empty()
         turn = Turn(question, Rewrite(question, question, "none"), options.variant.name)
-        turn.error = too_long(question, options.settings.max_question_chars)
         pipeline = None
         with slot.container():
             try:
-                if turn.error:  # refused before any model loads
-                    raise QuestionTooLongError(turn.error)
+                check_question(question, options.settings.max_question_chars)  # before any model loads
                 pipeline = pipeline_for(options.settings, options.variant.retrieval)  # loads models the first time
                 history = history_pairs(turns)
                 t = time.perf_counter()
@@ -218,9 +218,8 @@ def ask(question: str, options: ChatOptions, pipeline_for: Any, turns: list[Turn
                 turn.answer = holder.get("answer")
                 if turn.answer is None:
                     turn.error = "模型没有返回完整的回答"
-            except QuestionTooLongError as e:  # ours, or the library's for a rewritten question that grew too long
-                turn.error = (turn.error or too_long(turn.rewrite.question, options.settings.max_question_chars)
-                              or f"问题太长：{e}")
+            except QuestionTooLongError as e:  # the question, or a rewritten one that grew too long
+                turn.error = too_long(e)
             except Exception as e:  # shown in the chat instead of a traceback; the conversation goes on
                 turn.error = f"{type(e).__name__}: {e}"
         turns.append(turn)
