@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from ingest.loaders import LoadedDocument
 from ragbot.errors import ConfigError
+from ragbot.store import chunking_spec
 from ragbot.types import Chunk
 
 log = logging.getLogger(__name__)
 
 # Paragraphs, lines, then sentence ends (Chinese and Western), then clauses, then anything.
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "! ", "? ", "; ", ". ", "，", ", ", " ", ""]
-CHUNKER_VERSION = 1
 _RULE_LINES = re.compile(r"^(\*\*\*+|---+|___+)[ \t]*$", re.MULTILINE)  # horizontal rules the splitter drops
 
 
@@ -58,8 +58,7 @@ class Chunker:
     @property
     def spec(self) -> dict[str, object]:
         """What the index manifest records: change any of it and the index must be rebuilt."""
-        return {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap, "mode": self.mode,
-                "version": CHUNKER_VERSION}
+        return chunking_spec(self.chunk_size, self.chunk_overlap, self.mode)  # bump CHUNKER_VERSION there
 
     def run(self, doc: LoadedDocument) -> list[Chunk]:
         chunks: list[Chunk] = []

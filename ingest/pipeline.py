@@ -219,12 +219,8 @@ class IngestPipeline:
             if rebuild:
                 return None
             raise
-        diffs = spec.differences(store.manifest.spec)
-        if diffs and not rebuild:
-            raise IndexMismatchError(
-                f"index at {index_path} was built with other settings: {'; '.join(diffs)}. "
-                f"Re-run with --rebuild to re-ingest everything with the current settings."
-            )
+        if not rebuild:
+            store.check(index_path, spec)
         return store
 
     def _embed(self, chunks: list[Chunk]):

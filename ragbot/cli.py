@@ -17,19 +17,26 @@ def _settings(args: argparse.Namespace, **extra):
     return Settings.load(getattr(args, "config", None), **overrides)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingest.pipeline import IngestPipeline, tqdm_progress
-    from ragbot.embedder import SentenceTransformerEmbedder
+def _kb(settings):
+    from ingest.pipeline import tqdm_progress
+    from ragbot.kb import KnowledgeBase
 
-    settings = _settings(args)
-    pipeline = IngestPipeline.from_settings(settings, SentenceTransformerEmbedder.from_settings(settings), tqdm_progress)
-    report = pipeline.run([Path(p) for p in args.paths], settings.index_path, prune=args.prune, rebuild=args.rebuild,
-                          force=args.force)
-    print(report.summary(verbose=args.verbose))
+    return KnowledgeBase(settings, progress=tqdm_progress)
+
+
+def _print_report(report, verbose: bool = False) -> int:
+    print(report.summary(verbose=verbose))
     if not report.ok:
         print("Nothing could be ingested: fix the files listed above (or give other paths).", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    report = _kb(settings).ingest([Path(p) for p in args.paths], prune=args.prune, rebuild=args.rebuild,
+                                  force=args.force)
+    return _print_report(report, args.verbose)
 
 
 def answer_to_json(answer) -> dict:
@@ -100,6 +107,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"index at {path}: live version is now {target.name} ({target.files} files, {target.chunks} chunks); "
               f"was {before} (kept: `ragbot index rollback --to {before}` undoes this)")
         return 0
+    if args.index_command == "reingest":
+        return _print_report(_kb(settings).reingest_all(force=args.force))
+    if args.index_command == "remove":
+        return _remove(settings, args.paths)
     versions = IndexStore.versions(path)
     if not versions:
         print(f"no index at {path}")
@@ -109,6 +120,25 @@ def cmd_index(args: argparse.Namespace) -> int:
         state = f"DAMAGED: {v.error}" if v.error else f"{v.files} files, {v.chunks} chunks"
         print(f"{'*' if v.current else ' '} {v.name}  {when}  {state}")
     return 0
+
+
+def _remove(settings, paths: list[str]) -> int:
+    """Remove files (by path, as listed by ingest) from every index; names not in the index are reported."""
+    from ragbot.store import IndexStore
+
+    held = IndexStore.load(settings.index_path).manifest.files
+    doc_ids, unknown = [], []
+    for p in paths:
+        doc_id = str(Path(p).resolve())
+        (doc_ids if doc_id in held else unknown).append(doc_id if doc_id in held else p)
+    for p in unknown:
+        print(f"not in the index: {p} (ragbot index versions lists the index; give the path you ingested)",
+              file=sys.stderr)
+    if not doc_ids:
+        return 1
+    removed = _kb(settings).delete(doc_ids, remove_uploads=False)
+    print(f"removed {len(doc_ids)} file(s), {removed} chunks, from {settings.index_path} (and its variant indexes)")
+    return 1 if unknown else 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -224,14 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also list the encoding detected for each text file")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("index", help="list the index's versions or roll back to an earlier one")
+    p = sub.add_parser("index", help="list versions, roll back, remove files, re-ingest everything")
     isub = p.add_subparsers(dest="index_command", required=True)
     for name, text in (("versions", "list the versions kept on disk (* = live)"),
-                       ("rollback", "make the previous version (or --to VERSION) live again")):
+                       ("rollback", "make the previous version (or --to VERSION) live again"),
+                       ("remove", "remove files from the index and its variant indexes (the files stay on disk)"),
+                       ("reingest", "rebuild the index from every file it lists (variant indexes are rebuilt on use)")):
         q = isub.add_parser(name, help=text)
         q.add_argument("--index", help="index folder (default: <home>/index)")
         if name == "rollback":
             q.add_argument("--to", help="version name from `ragbot index versions` (default: the one before the live one)")
+        if name == "remove":
+            q.add_argument("paths", nargs="+", help="files as they were ingested")
+        if name == "reingest":
+            q.add_argument("--force", action="store_true", help="publish even when most files are gone from disk")
         q.set_defaults(func=cmd_index)
 
     p = sub.add_parser("ask", help="answer a question from the index, with citations")

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from ragbot.embedder import Embedder, SentenceTransformerEmbedder
-from ragbot.errors import ConfigError, IndexMismatchError, QuestionTooLongError
+from ragbot.errors import ConfigError, QuestionTooLongError
 from ragbot.generation import ChatModel, Generator, HFChatModel
 from ragbot.grounding import KeyTermGate
 from ragbot.rerank import Reranker, make_reranker
 from ragbot.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
 from ragbot.settings import REFUSAL, Settings
-from ragbot.store import IndexStore, bm25_tokens
+from ragbot.store import IndexSpec, IndexStore, bm25_tokens
 from ragbot.types import Answer, Retrieval, ScoredChunk
 
 
@@ -54,19 +54,11 @@ class RagPipeline:
         ``store`` is an index the caller already opened (the web app opens each version once and shares it).
         """
         if retrieval:
-            from ingest.chunking import Chunker
-
-            store = store if store is not None else IndexStore.load(settings.index_path)
-            spec = store.manifest.spec
-            chunking = Chunker(settings.chunk_size, settings.chunk_overlap, settings.chunker).spec
-            if spec.embedder != settings.embedder or spec.chunking != chunking:
-                diffs = [d for d in (
-                    f"embedder {spec.embedder!r} (index) vs {settings.embedder!r} (settings)" if spec.embedder != settings.embedder else "",
-                    f"chunking {spec.chunking} (index) vs {chunking} (settings)" if spec.chunking != chunking else "") if d]
-                raise IndexMismatchError(
-                    f"index at {settings.index_path} was built with other settings: {'; '.join(diffs)}. "
-                    f"Re-ingest: ragbot ingest PATH... --index {settings.index_path} --rebuild"
-                )
+            expect = IndexSpec.from_settings(settings)  # the dimension is checked in warm_up, once the embedder is loaded
+            if store is None:
+                store = IndexStore.load(settings.index_path, expect=expect)
+            else:
+                store.check(settings.index_path, expect)
             embedder = embedder or SentenceTransformerEmbedder.from_settings(settings)
         else:
             store = None
@@ -82,11 +74,8 @@ class RagPipeline:
         if self.store is not None:
             bm25_tokens("预热")  # jieba loads its dictionary on first use (~1 s)
             _ = self.store.bm25, self.gate
-        if self.embedder is not None and self.store is not None and self.embedder.dim != self.store.manifest.spec.dim:
-            raise IndexMismatchError(
-                f"the embedder makes {self.embedder.dim}-d vectors but the index at {self.settings.index_path} holds "
-                f"{self.store.manifest.spec.dim}-d ones; re-ingest with --rebuild"
-            )
+        if self.embedder is not None and self.store is not None:
+            self.store.check(self.settings.index_path, IndexSpec.from_settings(self.settings, self.embedder.dim))
 
     def check_question(self, question: str) -> None:
         """:func:`check_question` with this pipeline's ``max_question_chars``."""

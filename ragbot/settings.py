@@ -131,7 +131,7 @@ class Settings:
         """Defaults < TOML file < ``RAGBOT_*`` environment variables < ``overrides`` (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        path = Path(config_file) if config_file else Path(env.get("RAGBOT_CONFIG", "ragbot.toml"))
+        path = config_path(config_file, env)
         if config_file or path.exists():
             try:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -153,6 +153,12 @@ class Settings:
         if "home" not in values:
             values["home"] = _default_home() if env is os.environ else Path(env.get("RAGBOT_HOME", "~/.ragbot"))
         return cls(**values)
+
+
+def config_path(config_file: Path | str | None = None, env: typing.Mapping[str, str] | None = None) -> Path:
+    """The settings file: ``config_file`` when given, else ``$RAGBOT_CONFIG``, else ``./ragbot.toml``."""
+    env = os.environ if env is None else env
+    return Path(config_file) if config_file else Path(env.get("RAGBOT_CONFIG", "ragbot.toml"))
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -34,13 +35,16 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragbot.errors import (IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError,
                            MissingExtraError)
 from ragbot.types import Chunk
+
+if TYPE_CHECKING:
+    from ragbot.settings import Settings
 
 log = logging.getLogger("ragbot.store")
 
@@ -67,19 +71,47 @@ class FileRecord:
         return [self.doc_id, *self.aliases]
 
 
+# Bump when ingest/chunking.py would cut the same text differently: every index built before must be rebuilt.
+CHUNKER_VERSION = 1
+
+
+def chunking_spec(chunk_size: int, chunk_overlap: int, mode: str) -> dict[str, Any]:
+    """What an index records about its chunking (``ingest.chunking.Chunker.spec`` is this too)."""
+    return {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "mode": mode, "version": CHUNKER_VERSION}
+
+
 @dataclass(frozen=True)
 class IndexSpec:
-    """The settings an index depends on; a mismatch means the index must be rebuilt."""
+    """What an index depends on: the embedder, its dimension and the chunking. A mismatch means rebuild.
+
+    This is the one place the contract is written: ingest builds an index with it, every reader opens
+    one with ``IndexStore.load(path, expect=IndexSpec.from_settings(...))``, and variant indexes are
+    named by its :meth:`key`.
+    """
 
     embedder: str
-    dim: int
+    dim: int | None  # None in an expectation: the dimension is not known yet (the embedder is not loaded)
     chunking: dict[str, Any]
 
+    @classmethod
+    def from_settings(cls, settings: Settings, dim: int | None = None) -> IndexSpec:
+        """The spec an index built with ``settings`` has; no splitter or model is built for it.
+
+        ``dim`` is the embedder's dimension when it is loaded; without it, that one check is skipped.
+        """
+        return cls(settings.embedder, dim, chunking_spec(settings.chunk_size, settings.chunk_overlap, settings.chunker))
+
+    def key(self) -> str:
+        """A short hash of what decides the index's contents (embedder and chunking): equal keys share an index."""
+        data = json.dumps({"embedder": self.embedder, "chunking": self.chunking}, sort_keys=True)
+        return hashlib.sha256(data.encode()).hexdigest()[:10]
+
     def differences(self, other: IndexSpec) -> list[str]:
+        """What differs between this (expected, "now") spec and ``other`` (the index's), one phrase each."""
         out = []
         if self.embedder != other.embedder:
             out.append(f"embedder {other.embedder!r} (index) vs {self.embedder!r} (now)")
-        if self.dim != other.dim:
+        if self.dim is not None and other.dim is not None and self.dim != other.dim:
             out.append(f"embedding dimension {other.dim} (index) vs {self.dim} (now)")
         for key in sorted(set(self.chunking) | set(other.chunking)):
             if self.chunking.get(key) != other.chunking.get(key):
@@ -210,7 +242,7 @@ class IndexStore:
             if name != current:
                 log.warning("index at %s: %s; using the previous version %s (ragbot index rollback makes that "
                             "permanent)", path, first_error, name)
-            store._check_spec(path, expect)
+            store.check(path, expect)
             return store
         raise IndexCorruptError(f"{first_error}; no earlier version of {path} could be read. Rebuild it: "
                                 f"ragbot ingest PATH... --index {path} --rebuild")
@@ -279,7 +311,8 @@ class IndexStore:
         store.version = name
         return store
 
-    def _check_spec(self, path: Path, expect: IndexSpec | None) -> None:
+    def check(self, path: Path, expect: IndexSpec | None) -> None:
+        """:class:`IndexMismatchError` (saying to rebuild) unless this index was built as ``expect`` says."""
         diffs = expect.differences(self.manifest.spec) if expect is not None else []
         if diffs:
             raise IndexMismatchError(
@@ -405,6 +438,10 @@ class IndexStore:
 
         A second writer says once who holds the lock (pid, host, command, since when) and gives up with
         :class:`IndexLockedError` after ``timeout_s`` seconds.
+
+        Plain ``fcntl.flock`` rather than the ``filelock`` package: filelock truncates the lock file on every
+        attempt to acquire it (so the holder could not be written into it for the waiter to name), and
+        readers need a shared lock (``LOCK_SH`` on ``.readers``), which filelock does not offer.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -13,15 +13,14 @@ from the files listed in the main index's manifest (see :func:`variant_index_pat
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragbot.errors import ConfigError
-from ragbot.settings import Settings
+from ragbot.settings import Settings, config_path
+from ragbot.store import IndexSpec
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parent / "assets" / "adapter"
 
@@ -55,9 +54,10 @@ BUILTIN: dict[str, Variant] = {
 
 
 def available(settings: Settings, config_file: Path | None = None) -> dict[str, Variant]:
-    """Built-in variants (``finetuned`` only when its adapter exists) plus those in the settings file."""
+    """Built-in variants (``finetuned`` only when its adapter exists) plus those in the settings file
+    (``config_file``, else ``$RAGBOT_CONFIG``, else ``./ragbot.toml``: the file the settings came from)."""
     variants = {k: v for k, v in BUILTIN.items() if k != "finetuned" or (SHIPPED_ADAPTER / "adapter_config.json").exists()}
-    path = Path(config_file) if config_file else Path("ragbot.toml")
+    path = config_path(config_file)
     if path.exists():
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         for name, table in data.get("variants", {}).items():
@@ -81,15 +81,10 @@ def resolve(names: list[str], settings: Settings, config_file: Path | None = Non
     return [known[n] for n in names]
 
 
-def index_key(settings: Settings) -> str:
-    """What an index depends on; variants with the same key share an index."""
-    key = {"embedder": settings.embedder, "chunker": settings.chunker, "chunk_size": settings.chunk_size,
-           "chunk_overlap": settings.chunk_overlap}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def variant_index_path(base: Settings, variant_settings: Settings) -> Path:
-    """The main index when the variant indexes like the base settings, else a sibling folder named by its key."""
-    if index_key(base) == index_key(variant_settings):
+    """The main index when the variant indexes like the base settings, else a sibling folder named by the
+    variant's :meth:`IndexSpec.key <ragbot.store.IndexSpec.key>` (embedder and chunking, chunker version included)."""
+    key = IndexSpec.from_settings(variant_settings).key()
+    if IndexSpec.from_settings(base).key() == key:
         return base.index_path
-    return base.index_path.parent / f"{base.index_path.name}-{index_key(variant_settings)}"
+    return base.index_path.parent / f"{base.index_path.name}-{key}"

@@ -6,9 +6,9 @@ PDF must look like one), the size must be under the limit (``RAGBOT_UI_MAX_UPLOA
 20) and one batch holds at most ``RAGBOT_UI_MAX_UPLOAD_FILES`` files (default 50). Two files of one
 batch whose names reduce to the same safe name are both kept (``x.md``, ``x (2).md``).
 
-Ingestion, deletion and re-ingestion go through the same code as ``ragbot ingest`` and hold the
-index's writer lock; variant indexes that already exist (e.g. the ``naive`` variant's) are kept in
-step. They run as a background job (:mod:`ui.jobs`), so that a click during a long ingest cannot
+Ingestion, deletion and re-ingestion are :class:`ragbot.kb.KnowledgeBase` calls, the same as
+``ragbot ingest`` / ``ragbot index remove|reingest``: they hold the index's writer lock and keep
+variant indexes that already exist (e.g. the ``naive`` variant's) in step. They run as a background job (:mod:`ui.jobs`), so that a click during a long ingest cannot
 stop it half-way: every rerun shows the running job's progress and, when it ends, its outcome. A
 re-ingest that would drop every file or more than half of them is not published until the user
 confirms it (:class:`~ragbot.errors.UnsafePublishError`, then ``force``).
@@ -30,6 +30,7 @@ import streamlit as st
 
 from ingest.loaders import SUPPORTED_SUFFIXES
 from ragbot.errors import RagbotError, UnsafePublishError
+from ragbot.kb import uploads_dir
 from ragbot.settings import Settings
 from ragbot.store import IndexStore
 
@@ -69,10 +70,6 @@ def max_upload_files(env: Mapping[str, str] | None = None) -> int:
 
 def human_size(n: float) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.1f} KB"
-
-
-def uploads_dir(settings: Settings) -> Path:
-    return settings.home / "uploads"
 
 
 def _fit(stem: str, suffix: str) -> str:
@@ -225,79 +222,6 @@ def documents_frame(rows: Sequence[DocumentRow]) -> Any:
                         columns=["文件", "类型", "分块数", "页数", "大小 (KB)", "导入时间", "来源"])
 
 
-def existing_variant_indexes(settings: Settings) -> list[tuple[Settings, Path]]:
-    """Variant indexes (other chunking or embedder than the main one) that have been built already."""
-    from ragbot.variants import available, variant_index_path
-
-    seen: dict[Path, Settings] = {}
-    for variant in available(settings).values():
-        vs = variant.settings(settings)
-        path = variant_index_path(settings, vs)
-        if variant.retrieval and path != settings.index_path and path not in seen and IndexStore.exists(path):
-            seen[path] = vs
-    return [(vs, path) for path, vs in seen.items()]
-
-
-def _drop(settings: Settings, index_path: Path, doc_ids: Sequence[str]) -> int:
-    with IndexStore.writer_lock(index_path, settings.lock_timeout_s):
-        store = IndexStore.load(index_path)
-        removed = sum(store.drop_file(d) for d in doc_ids)
-        store.save(index_path, keep=settings.keep_versions, grace_s=settings.version_grace_s)
-    return removed
-
-
-def delete_documents(settings: Settings, doc_ids: Sequence[str], remove_uploads: bool = True) -> int:
-    """Remove documents from FAISS, BM25 and the chunk store at once (one new index version); returns chunks removed.
-
-    Variant indexes drop them too, and an uploaded copy in ``uploads/`` is deleted so that
-    "re-ingest all" does not bring it back.
-    """
-    removed = _drop(settings, settings.index_path, doc_ids)
-    for _, path in existing_variant_indexes(settings):
-        _drop(settings, path, doc_ids)
-    if remove_uploads:
-        up = uploads_dir(settings).resolve()
-        for d in doc_ids:
-            p = Path(d)
-            if p.is_relative_to(up) and p.is_file():
-                p.unlink()
-    return removed
-
-
-def _ingest(settings: Settings, embedder_for: EmbedderFor, paths: Sequence[Path], index_path: Path,
-            progress: Any, rebuild: bool, force: bool = False) -> Any:
-    from ingest.pipeline import IngestPipeline
-
-    pipeline = IngestPipeline.from_settings(settings, embedder_for(settings), progress)
-    return pipeline.run(list(paths), index_path, rebuild=rebuild, force=force)
-
-
-def ingest_paths(settings: Settings, paths: Sequence[Path], embedder_for: EmbedderFor, progress: Any = None) -> Any:
-    """Ingest files or folders into the main index (and existing variant indexes); returns the main IngestReport."""
-    report = _ingest(settings, embedder_for, paths, settings.index_path, progress, rebuild=False)
-    for vs, path in existing_variant_indexes(settings):
-        _ingest(vs, embedder_for, paths, path, progress, rebuild=False)
-    return report
-
-
-def reingest_all(settings: Settings, embedder_for: EmbedderFor, progress: Any = None, force: bool = False) -> Any:
-    """Rebuild the main index from every path it lists (files gone from disk are reported and dropped).
-
-    A rebuild that would drop every file or more than half of them raises
-    :class:`~ragbot.errors.UnsafePublishError` and changes nothing, unless ``force``. Variant indexes
-    are removed; they are rebuilt from the new main index when a variant needs one.
-    """
-    variants = existing_variant_indexes(settings)
-    files = []
-    if IndexStore.exists(settings.index_path):  # every name, aliases too: identical copies stay listed
-        files = [Path(n) for n in IndexStore.load(settings.index_path).manifest.sources()]
-    report = _ingest(settings, embedder_for, files, settings.index_path, progress, rebuild=True, force=force)
-    for _, path in variants:
-        with IndexStore.writer_lock(path, settings.lock_timeout_s):
-            IndexStore.delete(path)
-    return report
-
-
 # ---------------------------------------------------------------- jobs: what the worker thread runs
 
 
@@ -353,16 +277,19 @@ def report_outcome(report: Any, rejected: list[tuple[str, str]] | None = None) -
 
 def perform(settings: Settings, embedder_for: EmbedderFor, request: Request, progress: Any = None) -> Outcome:
     """Carry out ``request`` and say what it did. Runs in the worker thread: nothing here may call ``st.*``."""
+    from ragbot.kb import KnowledgeBase
+
     rejected = list(request.rejected)
+    kb = KnowledgeBase(settings, embedder_for, progress)
     try:
         if request.action == "delete":
-            removed = delete_documents(settings, request.doc_ids)
+            removed = kb.delete(request.doc_ids)
             return Outcome("success", f"已删除 {len(request.doc_ids)} 个文档（{removed} 个分块），"
                                       "向量索引、BM25 和分块库已同步更新。")
         if request.action == "reingest":
-            report = reingest_all(settings, embedder_for, progress, force=request.force)
+            report = kb.reingest_all(force=request.force)
         else:
-            report = ingest_paths(settings, request.paths, embedder_for, progress)
+            report = kb.ingest(request.paths)
     except UnsafePublishError as e:
         return Outcome("confirm", str(e), rejected=rejected, dropped=list(e.dropped), total=e.total, request=request)
     except RagbotError as e:

@@ -26,12 +26,12 @@ def test_refusal_passes_through(indexed):
 
 
 def test_index_built_with_other_chunking_is_refused(indexed):
-    with pytest.raises(IndexMismatchError, match="chunking.*--rebuild"):
+    with pytest.raises(IndexMismatchError, match=r"chunk_size 400 \(index\) vs 123 \(now\).*--rebuild"):
         RagPipeline.from_settings(indexed.replace(chunk_size=123), chat_model=FakeChatModel(), embedder=FakeEmbedder())
 
 
 def test_index_built_with_other_embedder_is_refused(indexed):
-    with pytest.raises(IndexMismatchError, match="embedder 'fake-embedder' \\(index\\) vs 'other' \\(settings\\)"):
+    with pytest.raises(IndexMismatchError, match="embedder 'fake-embedder' \\(index\\) vs 'other' \\(now\\)"):
         RagPipeline.from_settings(indexed.replace(embedder="other"), chat_model=FakeChatModel(),
                                   embedder=FakeEmbedder())
 
@@ -79,3 +79,22 @@ def test_empty_question_is_refused(indexed, question):
         with pytest.raises(ConfigError, match="the question is empty"):
             call(question)
     assert model.messages == []
+
+
+def test_an_index_of_another_dimension_is_refused_once_the_embedder_is_loaded(indexed):
+    pipe = RagPipeline.from_settings(indexed, chat_model=FakeChatModel(), embedder=FakeEmbedder(dim=32))
+    with pytest.raises(IndexMismatchError, match=r"embedding dimension 64 \(index\) vs 32 \(now\).*--rebuild"):
+        pipe.warm_up()
+
+
+def test_the_query_path_does_not_import_ingest(indexed):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from fakes import FakeChatModel, FakeEmbedder; "
+            "from ragbot.pipeline import RagPipeline; from ragbot.settings import Settings; "
+            f"s = Settings(home={str(indexed.home)!r}, embedder='fake-embedder', llm='fake-llm'); "
+            "p = RagPipeline.from_settings(s, chat_model=FakeChatModel(), embedder=FakeEmbedder()); p.warm_up(); "
+            "p.ask('LoRA 训练什么？'); print(sorted(m for m in sys.modules if m.split('.')[0] == 'ingest'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

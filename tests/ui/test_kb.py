@@ -7,10 +7,7 @@ import pytest
 from ragbot.store import IndexStore
 from ui.kb import (
     UploadError,
-    delete_documents,
-    ingest_paths,
     list_documents,
-    reingest_all,
     sanitize_filename,
     save_upload,
     upload_limit_bytes,
@@ -77,44 +74,6 @@ def fake_embedder_for(settings):
     return FakeEmbedder(name=settings.embedder)
 
 
-def test_ingest_delete_and_reingest_keep_variant_indexes_in_step(indexed, corpus):
-    from ragbot.evaluation.runner import ensure_variant_indexes
-    from ragbot.variants import BUILTIN, variant_index_path
-
-    naive = BUILTIN["naive"]
-    ensure_variant_indexes(indexed, [naive], embedder_factory=fake_embedder_for)
-    naive_path = variant_index_path(indexed, naive.settings(indexed))
-    extra = corpus.parent / "extra.md"
-    extra.write_text("# 新增\n\n梯度裁剪把梯度范数限制在阈值以内。\n", encoding="utf-8")
-
-    report = ingest_paths(indexed, [extra], fake_embedder_for)
-    assert report.added == ("extra.md",)
-    assert str(extra.resolve()) in IndexStore.load(naive_path).manifest.files  # the variant index follows
-
-    rows = {r.source: r for r in list_documents(indexed)}
-    assert set(rows) == {"adam.md", "lora.md", "unsafe.md", "extra.md"} and rows["extra.md"].chunks >= 1
-    removed = delete_documents(indexed, [rows["extra.md"].doc_id])
-    assert removed == rows["extra.md"].chunks
-    assert rows["extra.md"].doc_id not in IndexStore.load(indexed.index_path).manifest.files
-    assert rows["extra.md"].doc_id not in IndexStore.load(naive_path).manifest.files
-    assert extra.exists()  # not an upload: the file itself is left alone
-
-    report = reingest_all(indexed, fake_embedder_for)
-    assert len(report.added) == 3 and not report.failed
-    assert not IndexStore.exists(naive_path)  # rebuilt on demand from the new main index
-
-
-def test_deleting_an_upload_removes_the_stored_copy(indexed):
-    from ui.kb import uploads_dir
-
-    path = save_upload(uploads_dir(indexed), "up.md", "# 上传\n\n一份上传的文档。\n".encode(), limit=1000)
-    ingest_paths(indexed, [path], fake_embedder_for)
-    row = next(r for r in list_documents(indexed) if r.source == "up.md")
-    assert row.uploaded
-    delete_documents(indexed, [row.doc_id])
-    assert not path.exists()
-
-
 def test_one_batch_keeps_files_whose_names_collide(tmp_path):
     from ui.kb import save_uploads
 
@@ -179,18 +138,6 @@ def test_a_reingest_that_would_drop_most_files_waits_for_force(indexed, corpus):
     outcome = perform(indexed, fake_embedder_for, Request("reingest", force=True))
     assert outcome.kind in ("success", "info")
     assert [r.source for r in IndexStore.load(indexed.index_path).manifest.files.values()] == ["unsafe.md"]
-
-
-def test_force_reaches_the_ingest_pipeline(indexed, monkeypatch):
-    from ingest.pipeline import IngestPipeline
-
-    calls = []
-    run = IngestPipeline.run
-    monkeypatch.setattr(IngestPipeline, "run", lambda self, paths, index_path, **kw: calls.append(kw)
-                        or run(self, paths, index_path, **kw))
-    reingest_all(indexed, fake_embedder_for, force=True)
-    ingest_paths(indexed, [], fake_embedder_for)
-    assert calls == [{"rebuild": True, "force": True}, {"rebuild": False, "force": False}]
 
 
 def test_identical_copies_are_listed_under_the_document_they_share(tmp_path):
