@@ -24,7 +24,7 @@ from ui.render import (
     sources_html,
     timings_frame,
 )
-from ui.rewrite import Rewrite, rewrite_question
+from ragbot.rewrite import Rewrite, rewrite_question
 
 EXAMPLES = ("LoRA 为什么能减少微调的显存占用？", "BM25 里的参数 k1 和 b 分别控制什么？", "KV Cache 为什么能加快生成速度？")
 REWRITE_TOKENS = 64

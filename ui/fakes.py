@@ -50,7 +50,7 @@ class FakeChatModel:
     def _reply(messages: list[dict[str, str]]) -> str:
         from ragbot.arena import JUDGE_SYSTEM
         from ragbot.generation import GROUNDED_SYSTEM
-        from ui.rewrite import REWRITE_SYSTEM, key_terms
+        from ragbot.rewrite import REWRITE_SYSTEM, key_terms
 
         system, user = messages[0]["content"], messages[-1]["content"]
         if system == JUDGE_SYSTEM:

@@ -1,8 +1,8 @@
-"""Follow-up questions rewritten into standalone ones (ui/rewrite.py)."""
+"""Follow-up questions rewritten into standalone ones (ragbot/rewrite.py)."""
 
 from __future__ import annotations
 
-from ui.rewrite import (
+from ragbot.rewrite import (
     REWRITE_SYSTEM,
     clean_rewrite,
     heuristic_rewrite,
