@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.pipeline import IngestPipeline  # noqa: E402
 from ragbot.embedder import SentenceTransformerEmbedder  # noqa: E402
-from ragbot.generation import HFChatModel, build_messages  # noqa: E402
+from ragbot.llm.hf import HFChatModel  # noqa: E402
+from ragbot.prompt import build_messages  # noqa: E402
 from ragbot.pipeline import RagPipeline  # noqa: E402
 from ragbot.settings import Settings  # noqa: E402
 

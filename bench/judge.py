@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ragbot.arena import Vote, VoteStore, judge_pair  # noqa: E402
-from ragbot.generation import HFChatModel  # noqa: E402
+from ragbot.evaluation.arena import Vote, VoteStore, judge_pair  # noqa: E402
+from ragbot.llm.hf import HFChatModel  # noqa: E402
 from ragbot.settings import Settings  # noqa: E402
 
 

@@ -39,7 +39,7 @@ def open_pipeline(settings: Settings, index: Path, embedder=None) -> RagPipeline
 
 def collect(pipes: list[RagPipeline], questions: list[dict], depth: int):
     xs, ys, groups = [], [], []
-    extractors = {id(p): FeatureExtractor(p.store) for p in pipes}
+    extractors = {id(p): FeatureExtractor(p.store, p.settings.rrf_k) for p in pipes}
     for gi, q in enumerate(questions):
         pipe = next((p for p in pipes if q["chunk_id"] in p.store.chunks), None)
         if pipe is None:

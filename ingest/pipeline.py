@@ -234,21 +234,16 @@ class IngestPipeline:
         bar = self.progress(total=len(texts), desc="embed", unit="chunk")
         for i in range(0, len(texts), batch):
             parts.append(self.embedder.embed_documents(texts[i:i + batch]))
-            getattr(bar, "update", lambda n: None)(len(texts[i:i + batch]))
-        getattr(bar, "close", lambda: None)()
+            bar.update(len(texts[i:i + batch]))
+        bar.close()
         return np.concatenate(parts)
 
 
-def _no_progress(iterable=None, **_kwargs):
-    return iterable if iterable is not None else _NullBar()
+def _no_progress(iterable=None, **kwargs):
+    """A tqdm bar that shows nothing (the library's default: callers that want bars pass a factory)."""
+    from tqdm import tqdm
 
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return tqdm(iterable, disable=True, **kwargs)
 
 
 def tqdm_progress(iterable=None, **kwargs):

@@ -39,57 +39,118 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return _print_report(report, args.verbose)
 
 
-def answer_to_json(answer) -> dict:
-    """The ``--json`` shape of an answer (also used by the evaluation records)."""
-    def cite(c):
-        return {"n": c.n, "chunk_id": c.chunk.id, "source": c.chunk.source, "page": c.chunk.page,
-                "heading": c.chunk.heading, "text": c.chunk.text}
-
-    return {
-        "question": answer.question,
-        "answer": answer.text,
-        "refused": answer.refused,
-        "citations": [cite(c) for c in answer.citations],
-        "hits": [{"chunk_id": h.chunk.id, "source": h.chunk.source, "page": h.chunk.page, "heading": h.chunk.heading,
-                  "score": h.score, "stage": h.stage, "text": h.chunk.text} for h in answer.passages],
-        "invalid_citation_markers": answer.invalid_markers,
-        "timings_ms": {k: round(v, 1) for k, v in answer.timings_ms.items()},
-    }
-
-
 def cmd_ask(args: argparse.Namespace) -> int:
     from ragbot.pipeline import RagPipeline
-    from ragbot.types import Answer
 
-    settings = _settings(args)
-    pipeline = RagPipeline.from_settings(settings)
+    pipeline = RagPipeline.from_settings(_settings(args))
     pipeline.warm_up()
-    answer = None
-    stream_to_terminal = not args.json and sys.stdout.isatty()
-    for item in pipeline.ask_stream(args.question, args.top_k):
-        if isinstance(item, Answer):
-            answer = item
-        elif stream_to_terminal:
-            print(item, end="", flush=True)
-    assert answer is not None
+    stream = pipeline.ask_stream(args.question, args.top_k)
     if args.json:
-        print(json.dumps(answer_to_json(answer), ensure_ascii=False, indent=2))
-        return 0
-    if stream_to_terminal:
-        print("\n")
-    if answer.refused:
-        print(answer.text)
+        print(json.dumps(stream.answer.to_dict(), ensure_ascii=False, indent=2))
     else:
-        if not stream_to_terminal:
-            print(answer.text + "\n")
-        print("来源：")
+        _render(stream, sys.stdout)
+    return 0
+
+
+def _render(stream, out) -> None:
+    """Print an answer: streamed as it is generated on a terminal, whole otherwise; then its sources.
+
+    When the final text differs from what was streamed (a refusal, or citations added by alignment) the
+    streamed lines are erased and the final text printed in their place, so the markers on screen and the
+    sources listed under them always agree and a refusal is printed once.
+    """
+    answer = stream.answer if not out.isatty() else None
+    if answer is None:
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+        answer = stream.answer
+        if stream.rewritten:
+            _erase(stream.shown, out)
+            out.write(answer.text)
+        out.write("\n")
+    else:
+        out.write(answer.text + "\n")
+    if answer.refused:
+        if answer.refused_by.startswith("gate:"):
+            out.write(f"（知识库中没有出现：{answer.refused_by[5:].strip()}）\n")
+    elif answer.citations:
+        out.write("\n来源：\n")
         for c in answer.citations:
             page = f" 第{c.chunk.page}页" if c.chunk.page else ""
             heading = f" · {c.chunk.heading}" if c.chunk.heading_path else ""
-            print(f"  [{c.n}] {c.chunk.source}{page}{heading}")
+            out.write(f"  [{c.n}] {c.chunk.source}{page}{heading}\n")
+    out.flush()
     t = answer.timings_ms
-    print(f"\n(检索 {t.get('retrieval_ms', 0):.0f} ms，首字 {t.get('first_token_ms', 0):.0f} ms，"
+    print(f"(检索 {t.get('retrieval_ms', 0):.0f} ms，首字 {t.get('first_token_ms', 0):.0f} ms，"
           f"生成 {t.get('generate_ms', 0) / 1000:.1f} s)", file=sys.stderr)
+
+
+def _erase(shown: str, out) -> None:
+    """Move the cursor back over ``shown`` (just printed) and clear it; if it scrolled off the screen, start
+    a fresh line instead (the final text then follows what was streamed)."""
+    import shutil
+    import unicodedata
+
+    cols, height = shutil.get_terminal_size()
+
+    def width(line: str) -> int:
+        return sum(0 if unicodedata.combining(c) or c == "\u200b" else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+                   for c in line)
+
+    rows = sum(max(1, -(-width(line) // cols)) for line in shown.split("\n"))
+    if rows >= height:
+        out.write("\n")
+        return
+    out.write(("\x1b[%dA" % (rows - 1) if rows > 1 else "") + "\r\x1b[J")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ragbot.pipeline import RagPipeline
+    from ragbot.rewrite import Conversation
+
+    pipeline = RagPipeline.from_settings(_settings(args))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("正在加载模型…", file=sys.stderr)
+    pipeline.warm_up()
+    conversation = Conversation(pipeline.chat_model)
+    if interactive:
+        import readline  # noqa: F401  (line editing and ↑/↓ history for input())
+
+        print("输入问题后回车；可以接着追问。/new 开始新对话，/exit 或 Ctrl-D 退出。", file=sys.stderr)
+    while True:
+        try:
+            line = input("问> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and not line:
+            break
+        question = line.strip()
+        if not question:
+            continue
+        if question in ("/exit", "/quit"):
+            break
+        if question in ("/new", "/reset"):
+            conversation.reset()
+            print("（新对话）", file=sys.stderr)
+            continue
+        try:
+            pipeline.check_question(question)
+            rewrite = conversation.standalone(question)
+            stream = pipeline.ask_stream(rewrite.question, args.top_k)
+            if args.json:
+                print(json.dumps({**stream.answer.to_dict(), "asked": question}, ensure_ascii=False), flush=True)
+            else:
+                if not interactive:
+                    print(f"问：{question}")
+                if rewrite.changed:
+                    print(f"（按上文理解为：{rewrite.question}）")
+                _render(stream, sys.stdout)
+                print()
+            conversation.add(rewrite, stream.answer)
+        except RagbotError as e:  # a bad question ends neither the conversation nor the script
+            print(f"error: {e}", file=sys.stderr)
     return 0
 
 
@@ -151,36 +212,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import datetime as dt
-
     from ingest.pipeline import tqdm_progress
     from ragbot import variants as V
-    from ragbot.evaluation.report import History, comparison_table, git_commit, settings_hash
-    from ragbot.evaluation.runner import EvalRunner, ensure_variant_indexes, load_qa, summarize, write_outputs
+    from ragbot.evaluation.report import History, comparison_table
+    from ragbot.evaluation.runner import evaluate, load_qa
 
     settings = _settings(args)
-    history = History(settings.home / "eval_history.db")
     if args.history:
-        print(history.table())
+        print(History(settings.home / "eval_history.db").table())
         return 0
     if not args.qa:
         raise ConfigError("give a Q&A file: ragbot eval QA.jsonl [--variant NAME ...] (or --history)")
     items = load_qa(Path(args.qa), args.limit)
-    chosen = V.resolve(args.variant or ["ragbot"], settings, getattr(args, "config", None))
-    built = ensure_variant_indexes(settings, chosen, progress=tqdm_progress)
-    for path in built:
+    config = Path(args.config) if getattr(args, "config", None) else None
+    chosen = V.resolve(args.variant or ["ragbot"], settings, config)
+    run = evaluate(settings, chosen, items, qa_file=str(args.qa), progress=tqdm_progress,
+                   out_dir=Path(args.out) if args.out else None, source="cli", config_file=config)
+    for path in run.built_indexes:
         print(f"built variant index {path}")
-    results = EvalRunner(settings, chosen, progress=tqdm_progress).run(items)
-    summaries = {name: summarize(records) for name, records in results.items()}
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(args.out) if args.out else settings.home / "eval" / run_id
-    meta = {"run_id": run_id, "qa_file": str(args.qa), "questions": len(items), "git_commit": git_commit(),
-            "settings": settings.to_dict(), "variants": {v.name: v.overrides for v in chosen}}
-    written = write_outputs(results, summaries, out_dir, meta)
-    history.record(run_id, meta["git_commit"], settings_hash(meta), str(args.qa), summaries, str(out_dir))
-    print(comparison_table(summaries))
-    errors = sum(s["errors"] for s in summaries.values())
-    print(f"\n{len(items)} questions x {len(chosen)} variants; {errors} errors. Wrote {', '.join(p.name for p in written)} to {out_dir}")
+    print(comparison_table(run.summaries))
+    written = sorted(p.name for p in run.out_dir.iterdir())
+    print(f"\n{len(items)} questions x {len(chosen)} variants; {run.errors} errors. Wrote {', '.join(written)} to {run.out_dir}")
     return 0
 
 
@@ -276,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="passages given to the LLM (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("chat", help="ask questions in a row, with follow-ups (one per line when input is not a terminal)")
+    p.add_argument("--index", help="index folder (default: <home>/index)")
+    p.add_argument("--top-k", type=int, default=None, help="passages given to the LLM (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per question (JSON lines)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="evaluate variants side by side on a Q&A JSONL file")
     p.add_argument("qa", nargs="?", help="JSONL with id, question, answer, evidence, source, type")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ragbot.errors import ConfigError
 from ragbot.grounding import key_terms
 from ragbot.store import IndexStore, bm25_tokens
+from ragbot.text import squash, support
 from ragbot.types import Retrieval, ScoredChunk
 
 FEATURES = ("rrf", "dense_rel", "dense_recip_rank", "bm25_rel", "bm25_recip_rank", "idf_coverage", "heading_coverage",
@@ -31,20 +32,16 @@ FEATURES = ("rrf", "dense_rel", "dense_recip_rank", "bm25_rel", "bm25_recip_rank
 SHIPPED = Path(__file__).resolve().parent / "assets" / "reranker" / "ltr.json"
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"[\s\-_]+", "", text.lower())
-
-
-def _bigrams(text: str) -> set[str]:
-    chars = [c for c in text.lower() if c.isalnum()]
-    return {a + b for a, b in zip(chars, chars[1:])}
-
-
 class FeatureExtractor:
-    """Features of (question, candidate) pairs, given the stage outputs of one retrieval."""
+    """Features of (question, candidate) pairs, given the stage outputs of one retrieval.
 
-    def __init__(self, store: IndexStore) -> None:
+    ``rrf_k`` is the fusion constant the candidates were scored with: their fusion score is multiplied by it,
+    so the feature sits near 1 for a top hit whatever the constant (the shipped weights were fit with 60).
+    """
+
+    def __init__(self, store: IndexStore, rrf_k: int = 60) -> None:
         self.store = store
+        self.rrf_k = rrf_k
         df = Counter(t for toks in store.tokens.values() for t in set(toks))
         n = max(1, len(store.tokens))
         self.idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
@@ -55,8 +52,7 @@ class FeatureExtractor:
         q_tokens = list(dict.fromkeys(bm25_tokens(q)))
         weights = {t: self.idf.get(t, self.max_idf) for t in q_tokens}
         total = sum(weights.values()) or 1.0
-        terms = [_squash(t) for t in key_terms(q)]
-        q_grams = _bigrams(q)
+        terms = [squash(t) for t in key_terms(q)]
         # scores relative to this query's best and worst candidates: raw cosines differ by embedder
         # (e5's sit in a narrow 0.8-0.9 band), so only their spread within one query is transferable
         d_scores = [h.score for h in retrieval.dense]
@@ -71,9 +67,9 @@ class FeatureExtractor:
             head = set(bm25_tokens(c.heading)) if c.heading_path else set()
             d_score, d_rank = dense.get(c.id, (None, None))
             b_score, b_rank = bm25.get(c.id, (0.0, None))
-            text = _squash(c.text)
+            text = squash(c.text)
             rows.append([
-                hit.score * 60.0,  # RRF scores sit near 1/60; rescale for the regression
+                hit.score * self.rrf_k,  # RRF scores sit near 1/rrf_k; rescale for the regression
                 d_score if d_score is not None else 0.0,
                 1.0 / (1 + d_rank) if d_rank is not None else 0.0,
                 b_score / top_bm25 if top_bm25 > 0 else 0.0,
@@ -81,7 +77,7 @@ class FeatureExtractor:
                 sum(w for t, w in weights.items() if t in toks) / total,
                 sum(w for t, w in weights.items() if t in head) / total,
                 (sum(1 for t in terms if t in text) / len(terms)) if terms else 1.0,
-                len(q_grams & _bigrams(c.text)) / len(q_grams) if q_grams else 0.0,
+                support(q, c.text),
                 math.log(1 + len(c.text)),
             ])
         return np.asarray(rows, dtype=np.float64)
@@ -107,11 +103,19 @@ class LTRModel:
 
     @classmethod
     def load(cls, path: Path) -> LTRModel:
-        d = json.loads(Path(path).read_text())
-        if tuple(d["features"]) != FEATURES:
-            raise ValueError(f"{path} was trained on features {d['features']}, this ragbot computes {list(FEATURES)}; "
-                             "retrain it with bench/train_reranker.py")
-        return cls(tuple(d["weights"]), d["bias"], tuple(d["mean"]), tuple(d["scale"]), tuple(d["features"]))
+        """The model saved at ``path``; a missing, unreadable or mismatched file raises :class:`ConfigError`
+        naming the file and the fix (the ``reranker`` setting, or retraining)."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            model = cls(tuple(d["weights"]), d["bias"], tuple(d["mean"]), tuple(d["scale"]), tuple(d["features"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"reranker model {path} cannot be read ({type(e).__name__}: {e}); set reranker to "
+                              "'ltr' (the shipped model), 'none', or 'ltr:<model.json>' written by "
+                              "bench/train_reranker.py") from None
+        if model.features != FEATURES:
+            raise ConfigError(f"reranker model {path} was trained on features {list(model.features)}, this ragbot "
+                              f"computes {list(FEATURES)}; retrain it with bench/train_reranker.py")
+        return model
 
 
 def fit(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> LTRModel:
@@ -129,16 +133,17 @@ class LTRReranker:
 
     name = "ltr"
 
-    def __init__(self, store: IndexStore, model_path: Path = SHIPPED) -> None:
+    def __init__(self, store: IndexStore, model_path: Path = SHIPPED, rrf_k: int = 60) -> None:
         self.store = store
         self.model_path = Path(model_path)
+        self.rrf_k = rrf_k
         self._model: LTRModel | None = None
         self._features: FeatureExtractor | None = None
 
     def warm_up(self) -> None:
         if self._model is None:
             self._model = LTRModel.load(self.model_path)
-            self._features = FeatureExtractor(self.store)
+            self._features = FeatureExtractor(self.store, self.rrf_k)
 
     def rerank(self, retrieval: Retrieval, top_k: int) -> list[ScoredChunk]:
         self.warm_up()

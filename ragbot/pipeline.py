@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 from ragbot.embedder import Embedder, SentenceTransformerEmbedder
 from ragbot.errors import ConfigError, QuestionTooLongError
-from ragbot.generation import ChatModel, Generator, HFChatModel
+from ragbot.generation import AnswerStream, Generator
 from ragbot.grounding import KeyTermGate
+from ragbot.llm import ChatModel, chat_model_from_settings
 from ragbot.rerank import Reranker, make_reranker
 from ragbot.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
 from ragbot.settings import REFUSAL, Settings
@@ -20,7 +20,8 @@ from ragbot.types import Answer, Retrieval, ScoredChunk
 class RagPipeline:
     """``RagPipeline.from_settings(settings).ask("问题")`` → :class:`Answer`.
 
-    ``retrieve_only`` is False when the variant uses no retrieval at all (the ``llm-only`` baseline).
+    ``store`` and ``embedder`` are None (and so is ``retriever``) when the variant does not retrieve at all
+    (the ``llm-only`` baseline); ``chat_model`` is None for a retrieval-only pipeline (``with_llm=False``).
     """
 
     def __init__(self, settings: Settings, store: IndexStore | None, embedder: Embedder | None,
@@ -63,7 +64,7 @@ class RagPipeline:
         else:
             store = None
         if with_llm and chat_model is None:
-            chat_model = HFChatModel.from_settings(settings)
+            chat_model = chat_model_from_settings(settings)
         return cls(settings, store, embedder, chat_model, make_reranker(settings, store))
 
     def warm_up(self) -> None:
@@ -107,43 +108,35 @@ class RagPipeline:
         return self._gate
 
     def ask_stream(self, question: str, top_k: int | None = None,
-                   retrieval: Retrieval | None = None) -> Iterator[str | Answer]:
-        """Yield the answer's text as it is generated, then the final :class:`Answer`.
+                   retrieval: Retrieval | None = None) -> AnswerStream:
+        """The answer's text as it is generated (iterate), then the final :class:`Answer` (``.answer``).
 
         ``retrieval`` may be passed when the caller already retrieved (evaluation ranks 10 deep,
         the app shows the candidates); its top ``top_k`` passages go to the LLM. A bad question
-        (:meth:`check_question`) or a pipeline without an LLM raises here, before the first item.
+        (:meth:`check_question`) or a pipeline without an LLM raises here, before anything is generated.
         """
         if self.generator is None:
             raise RuntimeError("this pipeline was opened without an LLM (with_llm=False)")
         self.check_question(question)
-        return self._ask_stream(question, top_k or self.settings.top_k, retrieval)
-
-    def _ask_stream(self, question: str, top_k: int, retrieval: Retrieval | None) -> Iterator[str | Answer]:
+        top_k = top_k or self.settings.top_k
         retrieval = retrieval if retrieval is not None else self.retrieve(question, top_k)
         passages = retrieval.final[:top_k]
         decision = self.gate.run(question) if self.gate is not None else None
         if decision is not None and decision.refuse:
-            yield REFUSAL
-            yield Answer(question, REFUSAL, True, (), tuple(passages), refused_by="gate: " + ", ".join(decision.missing_terms),
-                         retrieval=retrieval, timings_ms={**retrieval.timings_ms, "generate_ms": 0.0,
-                                                          "total_ms": retrieval.timings_ms.get("retrieval_ms", 0.0)})
-            return
-        for item in self.generator.stream(question, passages):
-            if isinstance(item, Answer):
-                timings = {**retrieval.timings_ms, **item.timings_ms}
-                timings["total_ms"] = timings.get("retrieval_ms", 0.0) + timings.get("generate_ms", 0.0)
-                yield replace(item, retrieval=retrieval, timings_ms=timings)
-            else:
-                yield item
+            timings = {**retrieval.timings_ms, "generate_ms": 0.0, "total_ms": retrieval.timings_ms.get("retrieval_ms", 0.0)}
+            return AnswerStream.of(Answer(question, REFUSAL, True, (), tuple(passages),
+                                          refused_by="gate: " + ", ".join(decision.missing_terms),
+                                          retrieval=retrieval, timings_ms=timings), shown=REFUSAL)
+
+        def with_retrieval(answer: Answer) -> Answer:
+            timings = {**retrieval.timings_ms, **answer.timings_ms}
+            timings["total_ms"] = timings.get("retrieval_ms", 0.0) + timings.get("generate_ms", 0.0)
+            return replace(answer, retrieval=retrieval, timings_ms=timings)
+
+        return self.generator.stream(question, passages).then(with_retrieval)
 
     def ask(self, question: str, top_k: int | None = None, retrieval: Retrieval | None = None) -> Answer:
-        answer = None
-        for item in self.ask_stream(question, top_k, retrieval):
-            if isinstance(item, Answer):
-                answer = item
-        assert answer is not None
-        return answer
+        return self.ask_stream(question, top_k, retrieval).answer
 
 
 def check_question(question: str, limit: int) -> None:

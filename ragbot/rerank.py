@@ -47,10 +47,9 @@ class CrossEncoderReranker:
         if not hits:
             return []
         self.warm_up()
-        scores = self._model.predict([(retrieval.query, h.chunk.embedding_text()) for h in hits],
-                                     batch_size=self.batch_size, show_progress_bar=False)
-        ranked = sorted(zip(hits, scores), key=lambda x: -float(x[1]))
-        return [ScoredChunk(h.chunk, float(s), "rerank") for h, s in ranked[:top_k]]
+        ranked = self._model.rank(retrieval.query, [h.chunk.embedding_text() for h in hits], top_k=top_k,
+                                  batch_size=self.batch_size, show_progress_bar=False)
+        return [ScoredChunk(hits[r["corpus_id"]].chunk, float(r["score"]), "rerank") for r in ranked]
 
 
 def make_reranker(settings: Settings, store: IndexStore | None) -> Reranker | None:
@@ -63,7 +62,7 @@ def make_reranker(settings: Settings, store: IndexStore | None) -> Reranker | No
     if spec == "ltr" or spec.startswith("ltr:"):
         from ragbot.ltr import SHIPPED, LTRReranker
 
-        return LTRReranker(store, Path(spec[4:]) if spec.startswith("ltr:") else SHIPPED)
+        return LTRReranker(store, Path(spec[4:]) if spec.startswith("ltr:") else SHIPPED, rrf_k=settings.rrf_k)
     if spec.startswith("cross-encoder:"):
         return CrossEncoderReranker(spec.split(":", 1)[1], settings.models_dir, device=settings.device,
                                     allow_downloads=settings.allow_downloads)

@@ -141,3 +141,33 @@ def rewrite_question(history: Sequence[tuple[str, str]], question: str, chat_fn:
         if usable(candidate, question, previous):
             return Rewrite(question, candidate, "llm", raw)
     return Rewrite(question, heuristic_rewrite(previous, question), "heuristic", raw)
+
+
+REWRITE_TOKENS = 64  # a rewritten question is one short line
+
+
+class Conversation:
+    """The turns of one chat, so that a follow-up can be rewritten into a standalone question.
+
+    ``rewrite = conversation.standalone(question)``, answer ``rewrite.question``, then
+    ``conversation.add(rewrite, answer)``. ``ragbot chat`` and the web app's chat both work this way; the
+    rewrite uses ``chat_model`` (the answering LLM), or only the key-term fallback when it is None.
+    """
+
+    def __init__(self, chat_model=None, history: Sequence[tuple[str, str]] = ()) -> None:
+        self.chat_model = chat_model
+        self.history: list[tuple[str, str]] = list(history)
+
+    def standalone(self, question: str) -> Rewrite:
+        chat_fn = None
+        if self.chat_model is not None:
+            def chat_fn(messages: list[dict[str, str]]) -> str:
+                return self.chat_model.generate(messages, max_new_tokens=REWRITE_TOKENS, temperature=0.0)
+        return rewrite_question(self.history, question, chat_fn)
+
+    def add(self, rewrite: Rewrite, answer) -> None:
+        """Remember a turn: the question in its standalone form, and the answer's text."""
+        self.history += [("user", rewrite.question), ("assistant", answer.text)]
+
+    def reset(self) -> None:
+        self.history.clear()

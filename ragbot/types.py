@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+Message = dict[str, str]
+"""One chat message: ``{"role": "system" | "user" | "assistant", "content": text}``."""
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -100,3 +103,27 @@ class Answer:
     refused_by: str = ""  # "model", or "gate: <missing terms>" when refused before generation
     retrieval: Retrieval | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer as JSON-ready data: ``ragbot ask --json`` prints it and every evaluation record holds it.
+
+        ``citations`` are the passages the answer cites, ``hits`` every passage the LLM was given (in
+        prompt order, with the score and stage that ranked it); ``raw_answer`` is the model's text before
+        citation cleaning, re-pointing and alignment. Timings are rounded to 0.1 ms.
+        """
+        def where(c: Chunk) -> dict[str, Any]:
+            return {"chunk_id": c.id, "source": c.source, "page": c.page, "heading": c.heading}
+
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "refused": self.refused,
+            "refused_by": self.refused_by,
+            "citations": [{"n": c.n, **where(c.chunk), "text": c.chunk.text} for c in self.citations],
+            "hits": [{**where(h.chunk), "score": h.score, "stage": h.stage, "text": h.chunk.text} for h in self.passages],
+            "raw_answer": self.raw_text,
+            "invalid_citation_markers": self.invalid_markers,
+            "aligned_citations": self.aligned_citations,
+            "repointed_citations": self.repointed_citations,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }

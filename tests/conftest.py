@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import fakes`
 
 
 @pytest.fixture
@@ -19,7 +18,7 @@ def settings(tmp_path):
 @pytest.fixture
 def indexed(tmp_path, settings):
     """Settings whose index holds two tiny documents (LoRA, Adam), built with the fake embedder."""
-    from fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
     from ingest.chunking import Chunker
     from ingest.pipeline import IngestPipeline
 
@@ -33,7 +32,7 @@ def indexed(tmp_path, settings):
 
 @pytest.fixture
 def fake_embedder():
-    from fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
 
     return FakeEmbedder()
 
@@ -79,7 +78,7 @@ def real_embedder(models_dir, e5_folder):
 
 @pytest.fixture(scope="session")
 def real_chat_model(models_dir):
-    from ragbot.generation import HFChatModel
+    from ragbot.llm.hf import HFChatModel
     from ragbot.settings import BUNDLED_LLM
 
     model = HFChatModel(BUNDLED_LLM, models_dir, device="cpu")

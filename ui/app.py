@@ -20,6 +20,8 @@ if str(_HERE.parent) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from ragbot.errors import RagbotError  # noqa: E402
+from ragbot.kb import KnowledgeBase  # noqa: E402
+from ragbot.models import ModelCache  # noqa: E402
 from ragbot.settings import Settings  # noqa: E402
 from ragbot.store import IndexStore  # noqa: E402
 from ragbot.variants import Variant, available  # noqa: E402
@@ -27,7 +29,6 @@ from ui import arena, chat, evaluate, kb  # noqa: E402
 from ui.render import md_code, md_escape  # noqa: E402
 from ui.resources import (  # noqa: E402
     PRELOAD_ENV,
-    Models,
     corpus_dir,
     describe,
     fake_models_enabled,
@@ -39,7 +40,7 @@ from ui.resources import (  # noqa: E402
 )
 
 
-def sidebar(base: Settings, variants: dict[str, Variant], models: Models) -> chat.ChatOptions:
+def sidebar(base: Settings, variants: dict[str, Variant], models: ModelCache) -> chat.ChatOptions:
     with st.sidebar:
         st.markdown("## 📚 ragbot")
         st.caption("本地、私有的中文知识库问答。文档、问题和回答都不会离开这台机器。")
@@ -97,9 +98,8 @@ def setup_panel(corpus: Path | None, jobs: kb.JobView) -> None:
     kb.show_outcome(st.session_state.get("kb_outcome"))
 
 
-def ensure_variant_index(base: Settings, options: chat.ChatOptions, models: Models) -> bool:
+def ensure_variant_index(base: Settings, options: chat.ChatOptions, models: ModelCache) -> bool:
     """True when the chosen variant's index exists; otherwise offer to build it from the main index's files."""
-    from ragbot.evaluation.runner import ensure_variant_indexes
     from ui.progress import StreamlitProgress
 
     if not options.variant.retrieval or IndexStore.exists(options.settings.index_path):
@@ -108,8 +108,8 @@ def ensure_variant_index(base: Settings, options: chat.ChatOptions, models: Mode
                "（使用知识库里的同一批文件）。", icon="🧱")
     if st.button("建立索引", type="primary", key="chat_build_variant", icon="🧱"):
         with st.status("正在建立索引…", expanded=True):
-            ensure_variant_indexes(base, [options.variant], progress=StreamlitProgress(st.container()),
-                                   embedder_factory=models.embedder)
+            KnowledgeBase(base, embedder_for=models.embedder,
+                          progress=StreamlitProgress(st.container())).ensure_variant_indexes([options.variant])
         st.rerun()
     return False
 
@@ -147,9 +147,7 @@ def main() -> None:
             variant = variants[variant_name]
             vs = chat.chat_settings(base, variant, temperature=base.temperature, reranker="")
             if variant.retrieval and not IndexStore.exists(vs.index_path):
-                from ragbot.evaluation.runner import ensure_variant_indexes
-
-                ensure_variant_indexes(base, [variant], embedder_factory=models.embedder)
+                KnowledgeBase(base, embedder_for=models.embedder).ensure_variant_indexes([variant])
             return get_pipeline(vs, variant.retrieval).ask(question, vs.top_k)
 
         def judge_fn():

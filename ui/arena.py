@@ -17,7 +17,7 @@ from typing import Any
 
 import streamlit as st
 
-from ragbot.arena import HUMAN, JUDGE_PREFIX, Vote, VoteStore, assign_sides, judge_pair
+from ragbot.evaluation.arena import HUMAN, JUDGE_PREFIX, Vote, VoteStore, assign_sides, judge_pair
 from ragbot.errors import RagbotError
 from ragbot.settings import Settings
 from ragbot.types import Answer, ScoredChunk
@@ -55,7 +55,7 @@ def votes_path(settings: Settings) -> Path:
 
 def judge_passages(answers: Sequence[Answer]) -> str:
     """The passages both answers were given (deduplicated), numbered, as the judge sees them."""
-    from ragbot.generation import format_passages
+    from ragbot.prompt import format_passages
 
     seen: dict[str, ScoredChunk] = {}
     for answer in answers:
@@ -112,7 +112,7 @@ def votes_frame(votes: Sequence[Vote]) -> Any:
 
 
 def leaderboard_frame(votes: Sequence[Vote], k: float, initial: float, n_boot: int = 1000) -> Any:
-    from ragbot.arena import leaderboard
+    from ragbot.evaluation.arena import leaderboard
 
     board = leaderboard(votes, k=k, initial=initial, n_boot=n_boot)
     board.insert(0, "名次", range(1, len(board) + 1))
@@ -169,7 +169,7 @@ def render_round(rnd: Round, store: VoteStore) -> None:
 
 
 def render_leaderboard(store: VoteStore) -> None:
-    from ragbot.arena import ratings_chart, win_rate_matrix
+    from ragbot.evaluation.arena import win_rate_matrix
 
     st.markdown("#### 🏆 排行榜")
     c1, c2, c3 = st.columns([1, 1, 2])
@@ -258,3 +258,38 @@ def render(settings: Settings, variants: dict[str, Any], answer_fn: AnswerFn, ch
                     st.error(md_escape(str(e)))
 
     render_leaderboard(store)
+
+
+def ratings_chart(leaderboard_df: Any) -> Any:
+    """Each variant's Bradley-Terry rating as a point with its interval as an error bar, best at the top.
+
+    Built on a bare ``matplotlib.figure.Figure`` with the Agg canvas, not pyplot: pyplot keeps
+    global figure state that leaks across Streamlit reruns and sessions. Show it with
+    ``st.pyplot(fig)`` or save it with ``fig.savefig``.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    missing = {"variant", "bt", "ci_low", "ci_high"} - set(leaderboard_df.columns)
+    if missing:
+        raise ValueError(f"leaderboard_df lacks column(s) {', '.join(sorted(missing))}; pass leaderboard(votes)")
+    df = leaderboard_df.sort_values("bt", ascending=True, kind="stable")  # barh-style: last row drawn at the top
+    fig = Figure(figsize=(6.0, 0.5 * len(df) + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if df.empty:
+        ax.text(0.5, 0.5, "no votes yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    y = np.arange(len(df))
+    bt = df["bt"].to_numpy(float)
+    # An interval always contains its estimate, but clip so a NaN or odd interval never draws a negative bar.
+    err = np.vstack([np.clip(bt - df["ci_low"].to_numpy(float), 0, None),
+                     np.clip(df["ci_high"].to_numpy(float) - bt, 0, None)])
+    ax.errorbar(bt, y, xerr=np.nan_to_num(err), fmt="o", capsize=4)
+    ax.set_yticks(y, df["variant"].astype(str).tolist())
+    ax.set_xlabel("Bradley-Terry rating (Elo scale) with bootstrap interval")
+    ax.grid(axis="x", alpha=0.3)
+    ax.margins(y=0.5 / max(len(df), 1))
+    return fig

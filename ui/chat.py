@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,8 @@ import streamlit as st
 from ragbot.errors import QuestionTooLongError, RagbotError
 from ragbot.pipeline import check_question
 from ragbot.settings import REFUSAL, Settings
-from ragbot.types import Answer, Retrieval
+from ragbot.rewrite import Conversation, Rewrite
+from ragbot.types import Answer
 from ragbot.variants import Variant, variant_index_path
 from ui.render import (
     STAGE_LABELS,
@@ -24,10 +24,8 @@ from ui.render import (
     sources_html,
     timings_frame,
 )
-from ragbot.rewrite import Rewrite, rewrite_question
 
 EXAMPLES = ("LoRA 为什么能减少微调的显存占用？", "BM25 里的参数 k1 和 b 分别控制什么？", "KV Cache 为什么能加快生成速度？")
-REWRITE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -63,13 +61,13 @@ def chat_settings(base: Settings, variant: Variant, *, temperature: float, reran
     return vs
 
 
-def history_pairs(turns: list[Turn]) -> list[tuple[str, str]]:
-    """The conversation as (role, text) pairs for the rewriter; user turns use their standalone form."""
-    pairs: list[tuple[str, str]] = []
+def conversation(turns: list[Turn], chat_model: Any) -> Conversation:
+    """The library's :class:`~ragbot.rewrite.Conversation` over the answered turns (their standalone questions)."""
+    conv = Conversation(chat_model)
     for t in turns:
         if t.answer is not None:
-            pairs += [("user", t.rewrite.question), ("assistant", t.answer.text)]
-    return pairs
+            conv.add(t.rewrite, t.answer)
+    return conv
 
 
 def too_long(e: QuestionTooLongError) -> str:
@@ -77,15 +75,6 @@ def too_long(e: QuestionTooLongError) -> str:
     if not e.limit:
         return f"问题太长：{e}"
     return f"问题太长：{e.length} 个字符，超过上限 {e.limit} 个字符（设置项 max_question_chars）。请精简后再问。"
-
-
-def stream_answer(pipeline: Any, question: str, top_k: int, retrieval: Retrieval, holder: dict) -> Iterator[str]:
-    """The answer's text pieces as they are generated; the final :class:`Answer` lands in ``holder['answer']``."""
-    for item in pipeline.ask_stream(question, top_k, retrieval=retrieval):
-        if isinstance(item, Answer):
-            holder["answer"] = item
-        else:
-            yield item
 
 
 # ---------------------------------------------------------------- rendering
@@ -199,25 +188,22 @@ def ask(question: str, options: ChatOptions, pipeline_for: Any, turns: list[Turn
             try:
                 check_question(question, options.settings.max_question_chars)  # before any model loads
                 pipeline = pipeline_for(options.settings, options.variant.retrieval)  # loads models the first time
-                history = history_pairs(turns)
+                conv = conversation(turns, pipeline.chat_model)
                 t = time.perf_counter()
-                if history:
+                if conv.history:
                     with st.spinner("正在结合上文理解问题…"):
-                        turn.rewrite = rewrite_question(history, question, lambda m: pipeline.chat_model.generate(
-                            m, max_new_tokens=REWRITE_TOKENS, temperature=0.0))
+                        turn.rewrite = conv.standalone(question)
                     turn.rewrite_ms = (time.perf_counter() - t) * 1000
                 with st.spinner("正在检索资料…"):
                     retrieval = pipeline.retrieve(turn.rewrite.question, options.top_k)
-                holder: dict = {}
+                stream = pipeline.ask_stream(turn.rewrite.question, options.top_k, retrieval=retrieval)
                 # escaped while it streams, exactly like the final rendering: raw model text would already
                 # fetch an image or show a link before the answer is replaced
                 shown, text = st.empty(), ""
-                for piece in stream_answer(pipeline, turn.rewrite.question, options.top_k, retrieval, holder):
+                for piece in stream:
                     text += piece
                     shown.markdown(md_escape_answer(text))
-                turn.answer = holder.get("answer")
-                if turn.answer is None:
-                    turn.error = "模型没有返回完整的回答"
+                turn.answer = stream.answer
             except QuestionTooLongError as e:  # the question, or a rewritten one that grew too long
                 turn.error = too_long(e)
             except Exception as e:  # shown in the chat instead of a traceback; the conversation goes on

@@ -1,55 +1,28 @@
-"""ROUGE tab: run ``ragbot eval`` logic on an evaluation set, compare variants, inspect single questions, reopen past runs.
+"""ROUGE tab: run an evaluation on a Q&A set, compare variants, inspect single questions, reopen past runs.
 
-The run itself is :class:`ragbot.evaluation.runner.EvalRunner` with the app's shared models; its
-outputs (``records.jsonl``, ``summary.json``, charts) and the SQLite history entry are exactly
-what ``ragbot eval`` writes, so a run started here shows up in ``ragbot eval --history`` and the
-other way round.
+The run is :func:`ragbot.evaluation.runner.evaluate`, the function ``ragbot eval`` calls, with the app's shared
+models; its outputs (``records.jsonl``, ``summary.json``, charts) and the history entry are the same, so a
+run started here shows up in ``ragbot eval --history`` and the other way round. Metric names and labels
+come from :mod:`ragbot.evaluation.summary`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from ragbot.errors import ConfigError, RagbotError
-from ragbot.evaluation.report import TABLE_METRICS
+from ragbot.evaluation.runner import EvalRun, Record, evaluate, load_run
+from ragbot.evaluation.summary import CHART_GROUPS, HISTORY_UI, TABLE, metric
 from ragbot.settings import Settings
 from ragbot.variants import Variant
-
-METRIC_LABELS = {
-    "rouge1_char": "ROUGE-1（字）", "rouge2_char": "ROUGE-2（字）", "rougeL_char": "ROUGE-L（字）",
-    "rougeL_char_answerable": "ROUGE-L（字，可答题）", "rouge1_word": "ROUGE-1（词）", "rougeL_word": "ROUGE-L（词）",
-    "hit@1": "命中@1", "hit@3": "命中@3", "hit@5": "命中@5", "hit@10": "命中@10", "mrr": "MRR",
-    "refusal_precision": "拒答精确率", "refusal_recall": "拒答召回率", "false_refusal_rate": "误拒率",
-    "citation_precision": "引用精确率", "answers_with_valid_citation": "有效引用占比", "invalid_markers": "无效引用标记",
-    "retrieval_ms_p50": "检索 p50 (ms)", "retrieval_ms_p95": "检索 p95 (ms)", "first_token_ms_p50": "首字 p50 (ms)",
-    "total_ms_p50": "总耗时 p50 (ms)", "total_ms_p95": "总耗时 p95 (ms)", "errors": "出错题数",
-}
-CHART_GROUPS = {
-    "ROUGE": ["rouge1_char", "rouge2_char", "rougeL_char", "rougeL_word"],
-    "检索": ["hit@1", "hit@3", "hit@5", "mrr"],
-    "拒答与引用": ["refusal_precision", "refusal_recall", "false_refusal_rate", "citation_precision"],
-    "延迟 (ms)": ["retrieval_ms_p50", "first_token_ms_p50", "total_ms_p50"],
-}
 SORTS = {"ROUGE-L 从低到高": ("ROUGE-L", True), "ROUGE-L 从高到低": ("ROUGE-L", False),
          "用时从长到短": ("用时 (秒)", False), "题号": ("编号", True)}
 TYPE_LABELS = {"unanswerable": "不可答", "definition": "定义", "comparison": "比较", "how": "方法", "list": "列举",
                "formula": "公式", "code": "代码", "multi_hop": "多跳", "numeric": "数值"}
-
-
-@dataclass(frozen=True)
-class EvalRun:
-    run_id: str
-    out_dir: Path
-    summaries: dict[str, dict[str, Any]]
-    records: list[dict[str, Any]]
-    meta: dict[str, Any]
 
 
 def bundled_qa(corpus: Path | None) -> Path | None:
@@ -71,63 +44,34 @@ def save_qa_upload(settings: Settings, name: str, data: bytes, limit: int) -> Pa
     return path
 
 
-def new_run_id(eval_root: Path) -> str:
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    n, candidate = 1, run_id
-    while (eval_root / candidate).exists():
-        n += 1
-        candidate = f"{run_id}-{n}"
-    return candidate
-
-
 def run_evaluation(settings: Settings, variants: Sequence[Variant], items: Sequence[Any], qa_label: str,
                    models: Any, progress: Any = None) -> EvalRun:
-    """Build missing variant indexes, answer every question with every variant, write outputs, record history."""
-    from ragbot.evaluation.report import History, git_commit, settings_hash
-    from ragbot.evaluation.runner import EvalRunner, ensure_variant_indexes, summarize, write_outputs
-    from ui.resources import REPO_ROOT
-
-    ensure_variant_indexes(settings, variants, progress=progress, embedder_factory=models.embedder)
-    results = EvalRunner(settings, variants, pipeline_factory=models.pipeline, progress=progress).run(items)
-    summaries = {name: summarize(records) for name, records in results.items()}
-    run_id = new_run_id(settings.home / "eval")
-    out_dir = settings.home / "eval" / run_id
-    meta = {"run_id": run_id, "qa_file": qa_label, "questions": len(items), "git_commit": git_commit(REPO_ROOT),
-            "settings": settings.to_dict(), "variants": {v.name: v.overrides for v in variants}, "source": "ui"}
-    write_outputs(results, summaries, out_dir, meta)
-    History(settings.home / "eval_history.db").record(run_id, meta["git_commit"], settings_hash(meta), qa_label,
-                                                      summaries, str(out_dir))
-    return load_run(out_dir)
-
-
-def load_run(out_dir: Path) -> EvalRun:
-    """A finished run from its output folder (``summary.json`` and ``records.jsonl``)."""
-    out_dir = Path(out_dir)
-    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
-    return EvalRun(summary.get("meta", {}).get("run_id", out_dir.name), out_dir, summary["variants"], records,
-                   summary.get("meta", {}))
+    """:func:`ragbot.evaluation.runner.evaluate` with the app's shared models (recorded as a web-app run)."""
+    return evaluate(settings, variants, items, qa_file=qa_label, models=models, progress=progress, source="ui")
 
 
 # ---------------------------------------------------------------- tables
 
 
-def comparison_frame(summaries: dict[str, dict[str, Any]]) -> Any:
+def label(key: str) -> str:
+    return metric(key).label
+
+
+def comparison_frame(summaries: Mapping[str, Mapping[str, Any]]) -> Any:
     """Metrics (rows, in the CLI table's order) by variant (columns); metrics nobody has are left out."""
     import pandas as pd
 
     rows = {}
-    for metric in TABLE_METRICS:
-        values = [summaries[v].get(metric) for v in summaries]
+    for key in TABLE:
+        values = [summaries[v].get(key) for v in summaries]
         if any(x is not None for x in values):
-            rows[METRIC_LABELS.get(metric, metric)] = values
+            rows[label(key)] = values
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(summaries)).astype(float)
 
 
 def best_cells(frame: Any) -> Any:
     """A Styler marking the best variant of each metric (higher or lower is better, as in the CLI table)."""
-    higher = {METRIC_LABELS.get(m, m): h for m, h in TABLE_METRICS.items()}
+    higher = {label(k): metric(k).higher for k in TABLE}
 
     def mark(row: Any) -> list[str]:
         present = row.dropna()
@@ -136,7 +80,7 @@ def best_cells(frame: Any) -> Any:
         best = present.max() if higher.get(row.name, True) else present.min()
         return ["background-color: rgba(34,197,94,.25); font-weight: 600" if v == best else "" for v in row]
 
-    counts = [METRIC_LABELS[m] for m in ("errors", "invalid_markers") if METRIC_LABELS[m] in frame.index]
+    counts = [label(k) for k in TABLE if metric(k).count and label(k) in frame.index]
 
     def fmt(v: float) -> str:
         return "—" if v != v else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3f}")
@@ -145,28 +89,24 @@ def best_cells(frame: Any) -> Any:
     return styler.format("{:.0f}", subset=(counts, list(frame.columns)), na_rep="—") if counts else styler
 
 
-def chart_frame(summaries: dict[str, dict[str, Any]], metrics: Sequence[str]) -> Any:
+def chart_frame(summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> Any:
     """Variants (rows) by metrics (columns) for a grouped bar chart."""
     import pandas as pd
 
     cols = [m for m in metrics if any(summaries[v].get(m) is not None for v in summaries)]
     return pd.DataFrame([[summaries[v].get(m) for m in cols] for v in summaries], index=list(summaries),
-                        columns=[METRIC_LABELS.get(m, m) for m in cols]).astype(float)
+                        columns=[label(m) for m in cols]).astype(float)
 
 
-def questions_frame(records: Sequence[dict[str, Any]]) -> Any:
+def questions_frame(records: Sequence[Record]) -> Any:
     import pandas as pd
 
     rows = []
     for r in records:
-        rouge = r.get("rouge") or {}
-        rows.append({"方案": r["variant"], "编号": r["id"], "问题": r["question"],
-                     "类型": TYPE_LABELS.get(r.get("type", ""), r.get("type", "")),
-                     "ROUGE-L": rouge.get("rougeL_char"), "ROUGE-1": rouge.get("rouge1_char"),
-                     "ROUGE-2": rouge.get("rouge2_char"), "拒答": bool(r.get("refused")),
-                     "证据排名": r.get("evidence_rank"),
-                     "用时 (秒)": round((r.get("timings_ms") or {}).get("total_ms", 0) / 1000, 2),
-                     "出错": bool(r.get("error"))})
+        rows.append({"方案": r.variant, "编号": r.id, "问题": r.question, "类型": TYPE_LABELS.get(r.type, r.type),
+                     "ROUGE-L": r.rouge.get("rougeL_char"), "ROUGE-1": r.rouge.get("rouge1_char"),
+                     "ROUGE-2": r.rouge.get("rouge2_char"), "拒答": r.refused, "证据排名": r.evidence_rank,
+                     "用时 (秒)": round(r.timings_ms.get("total_ms", 0) / 1000, 2), "出错": bool(r.error)})
     return pd.DataFrame(rows, columns=["方案", "编号", "问题", "类型", "ROUGE-L", "ROUGE-1", "ROUGE-2", "拒答",
                                        "证据排名", "用时 (秒)", "出错"])
 
@@ -202,9 +142,7 @@ def past_runs(history_path: Path, limit: int = 200) -> list[dict[str, Any]]:
     return list(runs.values())
 
 
-def runs_frame(runs: Sequence[dict[str, Any]],
-               metrics: Sequence[str] = ("rougeL_char", "rouge1_char", "hit@5", "mrr", "refusal_recall",
-                                         "citation_precision", "total_ms_p50")) -> Any:
+def runs_frame(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HISTORY_UI) -> Any:
     import pandas as pd
 
     rows = []
@@ -212,9 +150,9 @@ def runs_frame(runs: Sequence[dict[str, Any]],
         for variant, m in run["variants"].items():
             rows.append({"运行": run["run_id"], "时间": run["created_at"].replace("T", " ")[:19],
                          "评测集": Path(run["qa_file"]).name, "题数": run["questions"], "方案": variant,
-                         **{METRIC_LABELS.get(k, k): m.get(k) for k in metrics}})
+                         **{label(k): m.get(k) for k in metrics}})
     frame = pd.DataFrame(rows)
-    metric_columns = [METRIC_LABELS.get(k, k) for k in metrics]
+    metric_columns = [label(k) for k in metrics]
     if not frame.empty:
         frame[metric_columns] = frame[metric_columns].astype(float)  # None → NaN: shown as an empty cell
     return frame
@@ -262,7 +200,7 @@ def render_results(run: EvalRun) -> None:
                                 "ROUGE-1": st.column_config.NumberColumn(format="%.3f"),
                                 "ROUGE-2": st.column_config.NumberColumn(format="%.3f")})
     st.caption(f"共 {len(shown)} 行。展开下面的题目对照参考答案和生成的回答（按上面的排序，最多 20 题）。")
-    records = {(r["variant"], r["id"]): r for r in run.records}
+    records = {(r.variant, r.id): r for r in run.records}
     for _, row in shown.head(20).iterrows():
         r = records[(row["方案"], row["编号"])]
         rl = row["ROUGE-L"]
@@ -272,15 +210,15 @@ def render_results(run: EvalRun) -> None:
             left, right = st.columns(2)
             with left:
                 st.markdown("**参考答案**")
-                st.markdown(md_escape(r.get("reference", "")))
-                if r.get("evidence"):
-                    st.caption("证据：" + md_escape(r["evidence"]))
+                st.markdown(md_escape(r.reference))
+                if r.evidence:
+                    st.caption("证据：" + md_escape(r.evidence))
             with right:
-                st.markdown("**生成的回答**" + ("（拒答）" if r.get("refused") else ""))
-                st.markdown(md_escape(r.get("answer", "")) if not r.get("error") else "")
-                if r.get("error"):
-                    st.error(md_escape(r["error"].splitlines()[0]))
-                cites = r.get("citations") or []
+                st.markdown("**生成的回答**" + ("（拒答）" if r.refused else ""))
+                st.markdown(md_escape(r.answer) if not r.error else "")
+                if r.error:
+                    st.error(md_escape(r.error.splitlines()[0]))
+                cites = r.citations
                 if cites:
                     st.caption("引用：" + md_escape("；".join(f"[{c['n']}] {c['source']}" for c in cites)))
 

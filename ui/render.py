@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ragbot.citations import claims_by_citation, support_spans
 from ragbot.types import Answer, Chunk, ScoredChunk
 
 if TYPE_CHECKING:
@@ -36,10 +37,7 @@ _MD_ANSWER = re.compile(r"[\\\[\]<>$&~|]|:(?=//)|(?<=\u2060)@")
 # after the scheme, after "www" and before "@" is what no autolink pattern matches across.
 _AUTOLINK = re.compile(r"https?(?=://)|www(?=\.)|[-.\w+](?=@)", re.IGNORECASE | re.ASCII)
 _WJ = "\u2060"
-_CITE = re.compile(r"\[(\d{1,3})\]")
 _ESCAPED_CITE = re.compile(r"\\\[(\d{1,3})\\\]")
-_SENTENCE = re.compile(r"[^。！？；!?;\n]+[。！？；!?;]*")
-_ANSWER_SENTENCE = re.compile(r"[^。！？!?\n]*(?:[。！？!?]+|\n|$)(?:\s*\[\d{1,3}\])*")
 
 TIMING_LABELS = {
     "rewrite_ms": "问题改写", "dense_ms": "向量检索 (dense)", "bm25_ms": "BM25 检索", "rerank_ms": "重排",
@@ -111,50 +109,6 @@ def answer_markdown(answer: Answer, turn: int | str) -> str:
         return f'[\\[{n}\\]](#{anchor_id(turn, n)} "{title}")'
 
     return _ESCAPED_CITE.sub(link, md_escape_answer(answer.text))
-
-
-# ---------------------------------------------------------------- which sentences support a citation
-
-
-def _bigrams(text: str) -> set[str]:
-    chars = [c for c in text.lower() if c.isalnum()]
-    return {a + b for a, b in zip(chars, chars[1:])}
-
-
-def claims_by_citation(answer_text: str) -> dict[int, list[str]]:
-    """For each ``n``, the answer sentences that cite ``[n]`` (markers removed).
-
-    A marker right after the sentence's full stop ("…显存。[1]") belongs to that sentence.
-    """
-    out: dict[int, list[str]] = {}
-    for m in _ANSWER_SENTENCE.finditer(answer_text or ""):
-        sentence = m.group(0)
-        numbers = [int(x) for x in _CITE.findall(sentence)]
-        claim = _CITE.sub("", sentence).strip()
-        for n in dict.fromkeys(numbers):
-            if claim:
-                out.setdefault(n, []).append(claim)
-    return out
-
-
-def support_spans(chunk_text: str, claims: Sequence[str], max_spans: int = 2,
-                  min_score: float = 0.15) -> list[tuple[int, int]]:
-    """Offsets of the chunk's sentences that overlap most with ``claims`` (Dice on character bigrams), in text order."""
-    claim_bigrams = set().union(*(_bigrams(c) for c in claims)) if claims else set()
-    if not claim_bigrams:
-        return []
-    scored = []
-    for m in _SENTENCE.finditer(chunk_text):
-        sent = _bigrams(m.group(0))
-        if not sent or m.group(0).lstrip().startswith("#"):  # a heading repeats the topic, it supports nothing
-            continue
-        score = 2 * len(sent & claim_bigrams) / (len(sent) + len(claim_bigrams))
-        if score >= min_score:
-            start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip()))
-            scored.append((score, start, m.start() + len(m.group(0).rstrip())))
-    best = sorted(scored, key=lambda s: -s[0])[:max_spans]
-    best = [b for b in best if b[0] >= best[0][0] * 0.6]  # a second sentence only when it is nearly as good
-    return sorted((s, e) for _, s, e in best)
 
 
 # ---------------------------------------------------------------- the passage in its context

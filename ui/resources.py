@@ -1,10 +1,10 @@
 """What the app loads once and shares between reruns and browser sessions: settings, models, pipelines.
 
 Streamlit reruns the whole script on every click, so nothing heavy may happen at the top level.
-:func:`get_models` is one ``st.cache_resource`` object that loads each model once (keyed like
-:class:`ragbot.evaluation.runner.SharedModels`, so variants that agree on a model share it);
-:meth:`Models.store` opens each index version once (keyed only by index path and version: the
-sidebar, the document list and every pipeline share it), and :func:`get_pipeline` caches a
+:func:`get_models` is the server's one :class:`ragbot.models.ModelCache` (the same cache ``ragbot eval``
+uses): it loads each model once, so variants that agree on a model share it, and
+:meth:`~ragbot.models.ModelCache.store` opens each index version once (keyed only by index path and version: the
+sidebar, the document list and every pipeline share it). :func:`get_pipeline` caches a
 :class:`~ragbot.pipeline.RagPipeline` per variant settings and index version, built on that
 shared store: changing the temperature or the reranker builds a new (cheap) pipeline but does
 not read the index again. ``top_k`` is passed per question and is not
@@ -12,21 +12,21 @@ part of any key: changing it builds nothing. A new index version (an upload, a d
 ingest`` from the CLI) gives new keys, so the next question sees it. :func:`get_jobs` is the one
 registry of knowledge-base jobs (:mod:`ui.jobs`).
 
-Fake models for tests: with ``RAGBOT_UI_FAKE_MODELS=1`` the app uses :mod:`ui.fakes` instead of
-the real embedder and LLM (and records indexes under the fake embedder's name).
+Fake models for tests: with ``RAGBOT_UI_FAKE_MODELS=1`` the app uses the stand-ins of :mod:`ragbot.testing`
+instead of the real embedder and LLM (and records indexes under the fake embedder's name).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from ragbot.models import ModelCache
 from ragbot.settings import Settings
 
 FAKE_ENV = "RAGBOT_UI_FAKE_MODELS"
@@ -43,7 +43,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """``Settings.load()`` (``ragbot.toml`` and ``RAGBOT_*``), with the fake models' names when they are on."""
     settings = Settings.load(env=env)
     if fake_models_enabled(env):
-        from ui.fakes import FAKE_EMBEDDER, FAKE_LLM
+        from ragbot.testing import FAKE_EMBEDDER, FAKE_LLM
 
         reranker = "none" if settings.reranker.startswith("cross-encoder:") else settings.reranker  # no model in fakes
         settings = settings.replace(embedder=FAKE_EMBEDDER, llm=FAKE_LLM, reranker=reranker)
@@ -80,134 +80,10 @@ def corpus_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-class Models:
-    """Loads each model once, however many variants and sessions use it.
-
-    Keys match :class:`~ragbot.evaluation.runner.SharedModels`: one embedder per (model, device),
-    one LLM per (model, adapter, precision, device), one cross-encoder reranker per (model, device).
-    Each model loads under its own lock, so two sessions asking at once load it once, and
-    ingesting (embedder) never waits for the LLM to load.
-    """
-
-    def __init__(self, fake: bool = False) -> None:
-        self.fake = fake
-        self._embedders: dict[tuple, Any] = {}
-        self._llms: dict[tuple, Any] = {}
-        self._rerankers: dict[tuple, Any] = {}
-        self._stores: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-        self._key_locks: dict[tuple, threading.Lock] = {}
-        self._preloading = False
-        self.preload_error = ""
-
-    def _get(self, cache: dict[tuple, Any], key: tuple, factory: Any) -> Any:
-        with self._lock:
-            if key in cache:
-                return cache[key]
-            key_lock = self._key_locks.setdefault((id(cache), *key), threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in cache:
-                    return cache[key]
-            model = factory()
-            with self._lock:
-                cache[key] = model
-            return model
-
-    def embedder(self, settings: Settings) -> Any:
-        def load() -> Any:
-            if self.fake:
-                from ui.fakes import FakeEmbedder
-
-                return FakeEmbedder(name=settings.embedder)
-            from ragbot.embedder import SentenceTransformerEmbedder
-
-            model = SentenceTransformerEmbedder.from_settings(settings)
-            model.warm_up()
-            return model
-
-        return self._get(self._embedders, (settings.embedder, settings.device), load)
-
-    def chat_model(self, settings: Settings) -> Any:
-        def load() -> Any:
-            if self.fake:
-                from ui.fakes import FakeChatModel
-
-                return FakeChatModel()
-            from ragbot.generation import HFChatModel
-
-            model = HFChatModel.from_settings(settings)
-            model.warm_up()
-            return model
-
-        return self._get(self._llms, (settings.llm, settings.adapter, settings.llm_precision, settings.device), load)
-
-    def preload(self, settings: Settings) -> None:
-        """Load the default embedder and LLM in a background thread (once), so the first question does not wait."""
-        with self._lock:
-            if self._preloading:
-                return
-            self._preloading = True
-
-        def work() -> None:
-            try:
-                self.embedder(settings)
-                self.chat_model(settings)
-            except Exception as e:  # shown in the sidebar; the first question will raise it properly
-                self.preload_error = f"{type(e).__name__}: {e}"
-
-        threading.Thread(target=work, name="ragbot-preload", daemon=True).start()
-
-    def store(self, index_path: Path) -> Any:
-        """The live version of the index at ``index_path``, read once per version and shared.
-
-        Only the newest version of each index stays here; pipelines still on an older one keep theirs.
-        """
-        path = Path(index_path).resolve()
-        key = (str(path), index_version(path))
-
-        def load() -> Any:
-            from ragbot.store import IndexStore
-
-            # the live version may already be newer than the name read above, if an ingest published just
-            # now: harmless, the next call reads the new name and opens that one
-            store = IndexStore.load(path)
-            with self._lock:
-                for old in [k for k in self._stores if k[0] == key[0]]:
-                    del self._stores[old]
-            return store
-
-        return self._get(self._stores, key, load)
-
-    def pipeline(self, settings: Settings, retrieval: bool = True) -> Any:
-        """A ready pipeline on the shared models and the shared index (also the ``pipeline_factory`` for evaluation)."""
-        from ragbot.pipeline import RagPipeline
-        from ragbot.rerank import CrossEncoderReranker
-
-        store = self.store(settings.index_path) if retrieval else None
-        pipeline = RagPipeline.from_settings(settings, retrieval=retrieval, chat_model=self.chat_model(settings),
-                                             embedder=self.embedder(settings) if retrieval else None, store=store)
-        if isinstance(pipeline.reranker, CrossEncoderReranker):
-            # a cross-encoder is a model: share one; store-bound rerankers (ltr) stay with their pipeline
-            fresh = pipeline.reranker
-
-            def load() -> Any:
-                fresh.warm_up()
-                return fresh
-
-            pipeline.reranker = self._get(self._rerankers, (fresh.name, settings.device), load)
-        pipeline.warm_up()
-        return pipeline
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return ([k[0] for k in self._embedders] + [k[0] + (f" + {k[1]}" if k[1] else "") for k in self._llms]
-                    + [k[0] for k in self._rerankers])
-
-
 @st.cache_resource(show_spinner=False)
-def get_models(fake: bool) -> Models:
-    return Models(fake)
+def get_models(fake: bool) -> ModelCache:
+    """The server's one :class:`~ragbot.models.ModelCache`: every session shares its models and indexes."""
+    return ModelCache(fake=fake)
 
 
 @st.cache_resource(show_spinner=False)
@@ -233,7 +109,7 @@ def pipeline_key(settings: Settings) -> str:
 
 
 def get_store(index_path: Path) -> Any:
-    """The live index at ``index_path``, opened once per version for every session (:meth:`Models.store`)."""
+    """The live index at ``index_path``, opened once per version for every session (:meth:`ModelCache.store`)."""
     return get_models(fake_models_enabled()).store(index_path)
 
 

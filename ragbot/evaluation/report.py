@@ -7,19 +7,11 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# metric → True when higher is better (used to mark the best variant)
-TABLE_METRICS: dict[str, bool] = {
-    "hit@1": True, "hit@3": True, "hit@5": True, "hit@10": True, "mrr": True,
-    "rouge1_char": True, "rouge2_char": True, "rougeL_char": True, "rougeL_char_answerable": True,
-    "rouge1_word": True, "rougeL_word": True,
-    "refusal_precision": True, "refusal_recall": True, "false_refusal_rate": False,
-    "citation_precision": True, "answers_with_valid_citation": True, "invalid_markers": False,
-    "retrieval_ms_p50": False, "retrieval_ms_p95": False, "first_token_ms_p50": False, "total_ms_p50": False,
-    "total_ms_p95": False, "errors": False,
-}
+from ragbot.evaluation.summary import HISTORY, LATENCY_STAGES, QUALITY_CHART, TABLE, metric
 
 
 def _fmt(value: Any) -> str:
@@ -30,18 +22,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
+def comparison_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """Metrics as rows, variants as columns; ``*`` marks the best variant of each row (ties all marked)."""
     variants = list(summaries)
     rows = [["metric", *variants]]
-    for metric, higher in TABLE_METRICS.items():
-        values = [summaries[v].get(metric) for v in variants]
+    for key in TABLE:
+        values = [summaries[v].get(key) for v in variants]
         present = [x for x in values if x is not None]
         if not present:
             continue
-        best = max(present) if higher else min(present)
+        best = max(present) if metric(key).higher else min(present)
         marked = len(variants) > 1 and len(set(present)) > 1
-        rows.append([metric, *(_fmt(x) + ("*" if marked and x == best else "") for x in values)])
+        rows.append([key, *(_fmt(x) + ("*" if marked and x == best else "") for x in values)])
     widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -52,20 +44,21 @@ def _width(text: str) -> int:
     return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
 
 
-def save_charts(summaries: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Bar charts: quality metrics per variant, and latency per stage (p50 with p95 whiskers)."""
-    import matplotlib
+def save_charts(summaries: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """Bar charts: quality metrics per variant, and latency per stage (p50 with p95 whiskers).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Built on :class:`matplotlib.figure.Figure` directly, not pyplot: pyplot keeps global state that is not
+    thread-safe, and the web app runs evaluations in its server's threads.
+    """
     import numpy as np
+    from matplotlib.figure import Figure
 
     variants = list(summaries)
-    paths = []
-    quality = [m for m in ("hit@5", "mrr", "rougeL_char", "refusal_recall", "false_refusal_rate", "citation_precision")
-               if any(summaries[v].get(m) is not None for v in variants)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(quality)), 4))
     width = 0.8 / max(1, len(variants))
+    paths = []
+    quality = [m for m in QUALITY_CHART if any(summaries[v].get(m) is not None for v in variants)]
+    fig = Figure(figsize=(max(6, 1.6 * len(quality)), 4))
+    ax = fig.subplots()
     x = np.arange(len(quality))
     for i, v in enumerate(variants):
         ax.bar(x + i * width, [summaries[v].get(m) or 0 for m in quality], width, label=v)
@@ -76,10 +69,10 @@ def save_charts(summaries: dict[str, dict[str, Any]], out_dir: Path) -> list[Pat
     fig.tight_layout()
     paths.append(out_dir / "metrics.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
-    stages = ["retrieval_ms", "first_token_ms", "total_ms"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    stages = [s for s in LATENCY_STAGES if s != "generate_ms"]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     x = np.arange(len(stages))
     for i, v in enumerate(variants):
         p50 = [summaries[v].get(f"{s}_p50") or 0 for s in stages]
@@ -92,7 +85,6 @@ def save_charts(summaries: dict[str, dict[str, Any]], out_dir: Path) -> list[Pat
     fig.tight_layout()
     paths.append(out_dir / "latency.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
     return paths
 
 
@@ -124,12 +116,12 @@ class History:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
-    def record(self, run_id: str, commit: str, shash: str, qa_file: str, summaries: dict[str, dict[str, Any]],
+    def record(self, run_id: str, commit: str, shash: str, qa_file: str, summaries: Mapping[str, Mapping[str, Any]],
                out_dir: str) -> None:
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         with self._connect() as db:
             db.executemany("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)", [
-                (run_id, now, commit, shash, qa_file, v, s.get("questions", 0), json.dumps(s), out_dir)
+                (run_id, now, commit, shash, qa_file, v, s.get("questions", 0), json.dumps(dict(s)), out_dir)
                 for v, s in summaries.items()])
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -144,12 +136,12 @@ class History:
         rows = self.runs(limit)
         if not rows:
             return f"no evaluation runs recorded in {self.path}"
-        head = f"{'run':<16} {'when':<25} {'commit':<8} {'variant':<12} {'n':>3} {'hit@5':>6} {'MRR':>6} {'RL-char':>7} {'refR':>5} {'FRR':>5} {'cite':>5}"
+        widths = [max(6, len(k)) for k in HISTORY]
+        head = f"{'run':<16} {'when':<25} {'commit':<8} {'variant':<12} {'n':>3} " + " ".join(
+            f"{k:>{w}}" for k, w in zip(HISTORY, widths))
         out = [head, "-" * len(head)]
         for r in rows:
-            m = r["metrics"]
-            cols = [_fmt(m.get(k)) for k in ("hit@5", "mrr", "rougeL_char", "refusal_recall", "false_refusal_rate",
-                                             "citation_precision")]
+            cols = " ".join(f"{_fmt(r['metrics'].get(k)):>{w}}" for k, w in zip(HISTORY, widths))
             out.append(f"{r['run_id']:<16} {r['created_at']:<25} {r['git_commit']:<8} {r['variant']:<12} "
-                       f"{r['questions']:>3} {cols[0]:>6} {cols[1]:>6} {cols[2]:>7} {cols[3]:>5} {cols[4]:>5} {cols[5]:>5}")
+                       f"{r['questions']:>3} {cols}")
         return "\n".join(out)

@@ -35,7 +35,7 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
     from ragbot.evaluation.runner import load_qa
     from ragbot.finetune.data import ExampleBuilder, near_duplicates
     from ragbot.finetune.questions import QuestionWriter, StructureQuestions, combine
-    from ragbot.generation import HFChatModel
+    from ragbot.llm.hf import HFChatModel
     from ragbot.pipeline import RagPipeline
 
     start = time.perf_counter()

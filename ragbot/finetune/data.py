@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ragbot.errors import ConfigError
-from ragbot.finetune.questions import SyntheticQA, question_subject, support
-from ragbot.generation import build_messages, focus_start
+from ragbot.finetune.questions import SyntheticQA, question_subject
 from ragbot.grounding import key_terms
+from ragbot.prompt import build_messages, focus_start
 from ragbot.settings import REFUSAL
+from ragbot.text import squash, support
 from ragbot.types import Chunk, ScoredChunk
 
 
@@ -65,10 +66,6 @@ def near_duplicates(questions: Sequence[str], held_out: Iterable[str], threshold
     return found
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"[\s\-_*`]+", "", text.lower())
-
-
 def subjects(pair: SyntheticQA) -> list[str]:
     """What the question asks about, in forms to look for in a passage: the writer's subject (with and without
     its parenthesis, and what the parenthesis holds), the subject of a template question, and Latin key terms."""
@@ -76,7 +73,7 @@ def subjects(pair: SyntheticQA) -> list[str]:
     out = []
     for s in found:
         out += [s, re.sub(r"\s*[（(].*?[)）]\s*", "", s), *re.findall(r"[（(]([^)）]+)[)）]", s)]
-    return [t for t in dict.fromkeys(_squash(x) for x in out) if len(t) >= 2]
+    return [t for t in dict.fromkeys(squash(x, markdown=True) for x in out) if len(t) >= 2]
 
 
 def answer_start(text: str, answer: str, size: int) -> int:
@@ -157,7 +154,7 @@ class ExampleBuilder:
                 continue
             # a refusal is only right if no passage mentions what the question asks about
             terms = subjects(pair)
-            silent = [h for h in distractors if not any(t in _squash(h.chunk.text) for t in terms)]
+            silent = [h for h in distractors if not any(t in squash(h.chunk.text, markdown=True) for t in terms)]
             if not terms or len(silent) < self.n_passages:
                 self._count("refusal_skipped_topic_present")
                 continue

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ragbot.text import sentences, support
 from ragbot.types import Chunk
 
 
@@ -46,17 +47,6 @@ WRITER_PROMPT = (
 
 _QA = re.compile(r"问题[:：]\s*(?P<q>.+?)\s*答案[:：]\s*(?P<a>.+)", re.S)
 _META = ("资料", "上文", "本文", "文中", "这段", "以上")
-
-
-def _bigrams(text: str) -> set[str]:
-    chars = [c for c in text.lower() if c.isalnum()]
-    return {a + b for a, b in zip(chars, chars[1:])}
-
-
-def support(text: str, source: str) -> float:
-    """Fraction of the character bigrams of ``text`` that occur in ``source`` (0 when text has none)."""
-    grams = _bigrams(text)
-    return len(grams & _bigrams(source)) / len(grams) if grams else 0.0
 
 
 def parse_qa(output: str) -> tuple[str, str] | None:
@@ -231,7 +221,6 @@ _BOLD_LINE = re.compile(
     r"^(?P<indent>\s*)(?P<bullet>[*\-+]\s+|\d+[.、)]\s*)?\*\*(?P<label>[^*\n]{1,60}?)\s*(?P<c1>[:：])?\s*\*\*"
     r"\s*(?P<c2>[:：]|\s-\s)?\s*(?P<rest>.*)$")
 _BULLET = re.compile(r"^(?P<indent>\s*)(?:[*\-+]|\d+[.、)])\s+(?P<text>.+)$")
-_SENTENCE_END = re.compile(r"(?<=[。！？；])|\n+")
 _PATTERNS = (
     # (pattern on a sentence, question templates): the subject x is what the question asks about
     (re.compile(r"^(?P<x>[^，。：:；（(]{2,24}?)(?:是指|指的是|是一种|是一个|是)(?P<y>[^，。]{4,}.*)$"),
@@ -369,7 +358,7 @@ class StructureQuestions:
     def sentences(self, chunk: Chunk, per_chunk: int = 2) -> list[SyntheticQA]:
         """Declarative sentences ("X 是 Y" → "X是什么？", "X 为 0.9" → "X是多少？"); the sentence is the answer."""
         out = []
-        pieces = [p for p in _SENTENCE_END.split(chunk.text) if p and p.strip()]
+        pieces = [p for p in sentences(chunk.text, ends="。！？；") if p.strip()]
         for i, raw in enumerate(pieces):
             sentence = plain(raw)
             if not 10 <= len(sentence) <= self.max_answer_chars or "```" in raw or "|" in sentence:

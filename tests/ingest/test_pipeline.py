@@ -1,6 +1,6 @@
 import pytest
 
-from fakes import FakeEmbedder
+from ragbot.testing import FakeEmbedder
 from ingest.chunking import Chunker
 from ingest.pipeline import IngestPipeline
 from ragbot.errors import IndexMismatchError, UnsafePublishError
@@ -318,7 +318,7 @@ def test_a_20_mb_single_line_file_is_ingested_within_a_memory_and_time_bound(tmp
     (corpus / "huge.txt").write_text("注意力机制" * 4_000_000, encoding="utf-8")  # 20 M characters, one line
     code = (
         "import json, resource, sys, time; sys.path.insert(0, sys.argv[3])\n"
-        "from fakes import FakeEmbedder; from ingest.chunking import Chunker; from ingest.pipeline import IngestPipeline\n"
+        "from ragbot.testing import FakeEmbedder; from ingest.chunking import Chunker; from ingest.pipeline import IngestPipeline\n"
         "t = time.perf_counter()\n"
         "r = IngestPipeline(FakeEmbedder(), Chunker(200, 20)).run([sys.argv[1]], sys.argv[2])\n"
         "print(json.dumps({'s': time.perf_counter() - t, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"

@@ -38,20 +38,8 @@ def test_bad_setting_is_reported(tmp_path, capsys, monkeypatch):
     assert "chunk_overlap (900)" in capsys.readouterr().err
 
 
-def test_answer_to_json_shape():
-    from ragbot.types import Answer, Chunk, Citation, ScoredChunk
-
-    chunk = Chunk("c1", "d", "文本", "a.md", 2, ("H",))
-    answer = Answer("q", "答 [1]", False, (Citation(1, chunk),), (ScoredChunk(chunk, 0.5, "fused"),),
-                    timings_ms={"retrieval_ms": 1.234})
-    d = json.loads(json.dumps(cli.answer_to_json(answer), ensure_ascii=False))
-    assert set(d) >= {"question", "answer", "refused", "citations", "hits", "timings_ms"}
-    assert d["citations"][0] == {"n": 1, "chunk_id": "c1", "source": "a.md", "page": 2, "heading": "H", "text": "文本"}
-    assert d["hits"][0]["score"] == 0.5 and d["timings_ms"]["retrieval_ms"] == 1.2
-
-
 def _fake_embedder(monkeypatch):
-    from fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
     from ragbot.embedder import SentenceTransformerEmbedder
 
     monkeypatch.setattr(SentenceTransformerEmbedder, "from_settings", classmethod(lambda cls, s: FakeEmbedder()))

@@ -11,7 +11,7 @@ from ragbot.variants import BUILTIN, variant_index_path
 
 
 def fake_embedder_for(settings):
-    from fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
 
     return FakeEmbedder(name=settings.embedder)
 

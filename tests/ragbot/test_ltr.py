@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fakes import FakeEmbedder
+from ragbot.testing import FakeEmbedder
 from ragbot.ltr import FEATURES, FeatureExtractor, LTRModel, LTRReranker, fit
 from ragbot.retrieval import BM25Retriever, DenseRetriever, HybridRetriever
 from ragbot.store import IndexSpec, IndexStore, bm25_tokens

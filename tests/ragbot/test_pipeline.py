@@ -2,7 +2,7 @@
 
 import pytest
 
-from fakes import FakeChatModel, FakeEmbedder
+from ragbot.testing import FakeChatModel, FakeEmbedder
 from ragbot.errors import IndexMismatchError
 from ragbot.pipeline import RagPipeline
 from ragbot.settings import REFUSAL
@@ -20,9 +20,11 @@ def test_answer_cites_the_retrieved_chunk(indexed):
 
 
 def test_refusal_passes_through(indexed):
-    pipe = RagPipeline.from_settings(indexed, chat_model=FakeChatModel(REFUSAL), embedder=FakeEmbedder())
-    answer = pipe.ask("RWKV 是什么？")
-    assert answer.refused and answer.text == REFUSAL and answer.citations == ()
+    model = FakeChatModel(REFUSAL + "。")
+    pipe = RagPipeline.from_settings(indexed, chat_model=model, embedder=FakeEmbedder())
+    answer = pipe.ask("低秩矩阵的秩一般取多少？")  # no Latin key term: the gate lets it through to the model
+    assert answer.refused and answer.refused_by == "model" and len(model.messages) == 1
+    assert answer.text == REFUSAL and answer.citations == () and answer.passages
 
 
 def test_index_built_with_other_chunking_is_refused(indexed):
@@ -91,7 +93,7 @@ def test_the_query_path_does_not_import_ingest(indexed):
     import subprocess
     import sys
 
-    code = ("import sys; sys.path.insert(0, 'tests'); from fakes import FakeChatModel, FakeEmbedder; "
+    code = ("import sys; sys.path.insert(0, 'tests'); from ragbot.testing import FakeChatModel, FakeEmbedder; "
             "from ragbot.pipeline import RagPipeline; from ragbot.settings import Settings; "
             f"s = Settings(home={str(indexed.home)!r}, embedder='fake-embedder', llm='fake-llm'); "
             "p = RagPipeline.from_settings(s, chat_model=FakeChatModel(), embedder=FakeEmbedder()); p.warm_up(); "

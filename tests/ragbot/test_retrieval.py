@@ -1,6 +1,6 @@
 import pytest
 
-from fakes import FakeEmbedder
+from ragbot.testing import FakeEmbedder
 from ragbot.retrieval import BM25Retriever, DenseRetriever, HybridRetriever, reciprocal_rank_fusion
 from ragbot.store import IndexSpec, IndexStore, bm25_tokens
 from ragbot.types import Chunk, ScoredChunk

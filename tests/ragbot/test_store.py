@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fakes import FakeEmbedder
+from ragbot.testing import FakeEmbedder
 from ragbot.errors import IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError
 from ragbot.store import FileRecord, IndexSpec, IndexStore, Manifest, bm25_tokens
 from ragbot.types import Chunk

@@ -56,7 +56,7 @@ def indexed(app_env, corpus):
     """The tiny corpus ingested with the fake embedder."""
     from ingest.chunking import Chunker
     from ingest.pipeline import IngestPipeline
-    from ui.fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
 
     s = app_env
     IngestPipeline(FakeEmbedder(name=s.embedder), Chunker(s.chunk_size, s.chunk_overlap, s.chunker)).run(

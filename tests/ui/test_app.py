@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ragbot.arena import VoteStore
+from ragbot.evaluation.arena import VoteStore
 from ragbot.settings import REFUSAL
 from ragbot.store import IndexStore
 
@@ -69,14 +69,35 @@ def test_refusal_is_a_notice_not_an_answer(app):
     assert app.session_state["chat_turns"][0].answer.refused
 
 
-def test_follow_up_is_rewritten_and_shown_in_debug(app):
+def test_follow_up_is_rewritten_and_shown_in_debug(app, monkeypatch):
+    import ragbot.testing
+
+    answer = ragbot.testing.copy_first_sentence
+    rewrites = []  # the model rewrites when it may not cite (the rewrite call), answers as before otherwise
+
+    def model(messages, citable=0):
+        if citable:
+            return answer(messages, citable)
+        rewrites.append(messages)
+        return "改写后的问题：LoRA 和全参数微调相比如何？"
+
+    monkeypatch.setattr(ragbot.testing, "copy_first_sentence", model)
     ask(app, "LoRA 为什么能减少显存占用？")
+    assert rewrites == []  # the first question needs no rewrite
     ask(app, "那它和全参数微调比呢？")
     debug = [m for m in texts(app.markdown) if "检索用的问题" in m]
     assert len(debug) == 2
-    assert "那LoRA和全参数微调比呢" in debug[1] and "由模型根据对话历史改写" in debug[1]
+    assert "LoRA 和全参数微调相比如何" in debug[1] and "由模型根据对话历史改写" in debug[1]
+    assert "用户：LoRA 为什么能减少显存占用？" in rewrites[0][-1]["content"]  # the history reached the rewriter
     turn = app.session_state["chat_turns"][1]
-    assert turn.rewrite.method == "llm" and turn.answer.retrieval.query == "那LoRA和全参数微调比呢？"
+    assert turn.rewrite.method == "llm" and turn.answer.retrieval.query == "LoRA 和全参数微调相比如何？"
+
+
+def test_an_unusable_rewrite_falls_back_to_the_previous_key_terms(app):
+    ask(app, "LoRA 为什么能减少显存占用？")
+    ask(app, "那它和全参数微调比呢？")  # the copying model's "rewrite" repeats the history: not usable
+    turn = app.session_state["chat_turns"][1]
+    assert turn.rewrite.method in ("heuristic", "llm") and "LoRA" in turn.rewrite.question
 
 
 def test_document_html_is_shown_as_text(app):
@@ -91,11 +112,11 @@ def test_document_html_is_shown_as_text(app):
 
 
 def test_top_k_change_reloads_nothing(app, monkeypatch):
-    from ui.resources import Models
+    from ragbot.models import ModelCache
 
     built = []
-    original = Models.pipeline
-    monkeypatch.setattr(Models, "pipeline", lambda self, s, r=True: built.append(s) or original(self, s, r))
+    original = ModelCache.pipeline
+    monkeypatch.setattr(ModelCache, "pipeline", lambda self, s, r=True: built.append(s) or original(self, s, r))
     ask(app, "LoRA 的秩常取多少？")
     app.slider(key="opt_top_k").set_value(2).run()
     ask(app, "Adam 的 beta2 是多少？")
@@ -260,10 +281,10 @@ def test_arena_draws_a_question_from_the_eval_set(app, corpus):
 def test_streamed_answer_is_escaped_like_the_final_one(app, monkeypatch, autolinks):
     from streamlit.elements.markdown import MarkdownMixin
 
-    from ui.fakes import FakeChatModel
+    import ragbot.testing
 
     hostile = "LoRA 冻结权重 ![x](http://127.0.0.1:9/leak) 详见 http://evil.example/a 或 www.evil.example [1]"
-    monkeypatch.setattr(FakeChatModel, "_reply", staticmethod(lambda messages: hostile))
+    monkeypatch.setattr(ragbot.testing, "copy_first_sentence", lambda messages, citable=0: hostile)
     drawn = []  # every Markdown body drawn through a placeholder (what the browser sees while streaming)
     original = MarkdownMixin.markdown
     monkeypatch.setattr(MarkdownMixin, "markdown", lambda self, body, *a, **kw: drawn.append(str(body))
@@ -279,15 +300,15 @@ def test_streamed_answer_is_escaped_like_the_final_one(app, monkeypatch, autolin
 
 
 def test_too_long_question_is_refused_before_anything_runs(app, monkeypatch):
-    from ui.resources import Models
+    from ragbot.models import ModelCache
 
-    pipeline = Models.pipeline
-    monkeypatch.setattr(Models, "pipeline", lambda *a, **kw: pytest.fail("nothing may run for a refused question"))
+    pipeline = ModelCache.pipeline
+    monkeypatch.setattr(ModelCache, "pipeline", lambda *a, **kw: pytest.fail("nothing may run for a refused question"))
     ask(app, "长" * 2001)
     turn = app.session_state["chat_turns"][0]
     assert turn.answer is None and "问题太长：2001 个字符，超过上限 2000" in turn.error
     assert any("问题太长" in e and "max_question_chars" in e for e in texts(app.error))
-    monkeypatch.setattr(Models, "pipeline", pipeline)
+    monkeypatch.setattr(ModelCache, "pipeline", pipeline)
     ask(app, "LoRA 为什么能减少显存占用？")  # the conversation goes on
     assert app.session_state["chat_turns"][1].answer is not None
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ragbot.arena import VoteStore
+from ragbot.evaluation.arena import VoteStore
 from ragbot.settings import REFUSAL
 from ragbot.types import Answer, Chunk, ScoredChunk
 from ui.arena import cast_vote, csv_bytes, judge_name, judge_passages, judge_rounds, leaderboard_frame, new_round
@@ -64,3 +64,22 @@ def test_helpers(app_env):
     a, b = answer_fn("x", "q"), answer_fn("x", "q")
     assert judge_passages([a, b]).count("[") == 1  # the same passage once
     assert REFUSAL  # imported for symmetry with the app
+
+
+def test_ratings_chart_draws_one_point_per_variant_best_on_top():
+    import io
+
+    from ragbot.evaluation.arena import Vote, leaderboard
+    from ui.arena import ratings_chart
+
+    def vote(left, right, result):
+        return Vote(f"{left} 还是 {right}？", left, right, "甲", "乙", result, "human", {})
+
+    votes = [vote("a", "b", "a")] * 6 + [vote("b", "c", "a")] * 5 + [vote("a", "c", "a")] * 4 + [vote("c", "b", "a")]
+    df = leaderboard(votes, n_boot=50)
+    fig = ratings_chart(df)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(df["variant"])[::-1] == ["c", "b", "a"]
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    assert buffer.getvalue().startswith(b"\x89PNG")
+    assert ratings_chart(leaderboard([])).axes  # an empty arena still renders

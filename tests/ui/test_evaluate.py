@@ -19,7 +19,7 @@ from ui.evaluate import (
     save_qa_upload,
 )
 from ui.kb import UploadError
-from ui.resources import Models
+from ragbot.models import ModelCache
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def run(indexed, corpus):
 
     items = load_qa(corpus / "qa.jsonl")
     return run_evaluation(indexed, [BUILTIN["ragbot"], BUILTIN["naive"]], items, str(corpus / "qa.jsonl"),
-                          Models(fake=True))
+                          ModelCache(fake=True))
 
 
 def test_run_writes_outputs_and_history(run, indexed):
@@ -47,7 +47,9 @@ def test_tables_and_filters(run):
     table = comparison_frame(run.summaries)
     assert list(table.columns) == ["ragbot", "naive"] and "ROUGE-L（字）" in table.index
     assert best_cells(table).to_html()  # renders
-    assert list(chart_frame(run.summaries, ["rougeL_char", "mrr", "nope"]).columns) == ["ROUGE-L（字）", "MRR"]
+    assert list(chart_frame(run.summaries, ["rougeL_char", "mrr", "hit@10"]).columns) == ["ROUGE-L（字）", "MRR", "命中@10"]
+    with pytest.raises(KeyError, match="unknown metric 'nope'"):  # metric names are defined once; a typo fails
+        chart_frame(run.summaries, ["rougeL_char", "nope"])
     q = questions_frame(run.records)
     assert len(q) == 6
     lowest = filter_questions(q, variants=["ragbot"])

@@ -69,7 +69,7 @@ def test_upload_limit_from_the_environment():
 
 
 def fake_embedder_for(settings):
-    from ui.fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
 
     return FakeEmbedder(name=settings.embedder)
 
@@ -141,7 +141,7 @@ def test_a_reingest_that_would_drop_most_files_waits_for_force(indexed, corpus):
 
 
 def test_identical_copies_are_listed_under_the_document_they_share(tmp_path):
-    from fakes import FakeEmbedder
+    from ragbot.testing import FakeEmbedder
     from ingest.pipeline import IngestPipeline
     from ragbot.settings import Settings
     from ui.kb import documents_frame, list_documents

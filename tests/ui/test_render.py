@@ -8,14 +8,12 @@ from ragbot.types import Answer, Chunk, Citation, ScoredChunk
 from ui.render import (
     answer_markdown,
     candidates_frame,
-    claims_by_citation,
     highlighted_html,
     md_escape,
     md_escape_answer,
     passage_context,
     source_views,
     sources_html,
-    support_spans,
     timings_frame,
 )
 
@@ -61,16 +59,6 @@ def test_answer_markdown_links_each_citation_with_a_tooltip():
     assert '[\\[1\\]](#cite-3-1 "lora.md · 标题：LoRA 冻结原权重' in md and "\n" not in md
     assert "\\[7\\]" in md  # a marker naming no passage stays plain text
     assert '\\"' not in md.split("](#cite-3-1", 1)[0]
-
-
-def test_claims_and_support_spans():
-    claims = claims_by_citation("LoRA 只训练低秩矩阵 [1]。秩常取 8。[2] 其他 [1][2]")
-    assert claims[1] == ["LoRA 只训练低秩矩阵 。", "其他"] and claims[2] == ["秩常取 8。", "其他"]
-    text = chunk().text
-    spans = support_spans(text, ["LoRA 只训练低秩矩阵"])
-    assert [text[s:e] for s, e in spans][0] == "LoRA 冻结原权重，只训练低秩矩阵。"
-    assert support_spans(text, []) == []
-    assert support_spans("# LoRA 低秩矩阵\nLoRA 只训练低秩矩阵。", ["LoRA 只训练低秩矩阵"]) == [(12, 25)]  # not the heading
 
 
 def test_passage_context_rebuilds_the_surrounding_text():

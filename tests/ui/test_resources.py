@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ui.resources import Models, fake_models_enabled, index_version, load_settings, pipeline_key
+from ui.resources import fake_models_enabled, index_version, load_settings, pipeline_key
 
 
 def test_fake_switch_and_settings(monkeypatch, tmp_path):
@@ -15,17 +15,6 @@ def test_fake_switch_and_settings(monkeypatch, tmp_path):
 def test_pipeline_key_ignores_top_k_only(app_env):
     assert pipeline_key(app_env) == pipeline_key(app_env.replace(top_k=9))
     assert pipeline_key(app_env) != pipeline_key(app_env.replace(temperature=0.7))
-
-
-def test_models_are_shared_between_variants(indexed):
-    from ragbot.variants import BUILTIN
-
-    models = Models(fake=True)
-    a = models.pipeline(indexed)
-    b = models.pipeline(BUILTIN["no-rerank"].settings(indexed))
-    c = models.pipeline(indexed, retrieval=False)
-    assert a is not b and a.embedder is b.embedder and a.chat_model is b.chat_model is c.chat_model
-    assert c.store is None and len(models.loaded()) == 2
 
 
 def test_index_version_changes_on_save(indexed):

@@ -2,13 +2,16 @@ import json
 
 import pytest
 
-from fakes import FakeChatModel, FakeEmbedder
 from ragbot import variants as V
 from ragbot.errors import ConfigError
 from ragbot.evaluation.report import History, comparison_table
-from ragbot.evaluation.runner import EvalRunner, QAItem, ensure_variant_indexes, load_qa, summarize, write_outputs
+from ragbot.evaluation.runner import EvalRunner, QAItem, Record, evaluate, load_qa, load_run, summarize
+from ragbot.evaluation.summary import Summary
+from ragbot.models import ModelCache
 from ragbot.pipeline import RagPipeline
 from ragbot.settings import REFUSAL
+from ragbot.store import IndexSpec
+from ragbot.testing import FakeChatModel, FakeEmbedder
 
 ITEMS = [
     QAItem("q1", "LoRA 的秩 r 常取多少？", "秩 r 常取 8。", "秩 r 常取 8", "lora.md", "definition"),
@@ -17,21 +20,16 @@ ITEMS = [
 ]
 
 
-def fake_factory(reply):
+def fake_factory(reply=None):
+    """Pipelines on the fake embedder and a fake LLM (``reply``; by default it copies the prompt's first sentence)."""
     def factory(settings, retrieval):
         return RagPipeline.from_settings(settings, retrieval=retrieval, chat_model=FakeChatModel(reply),
                                          embedder=FakeEmbedder())
     return factory
 
 
-def answer_from_passage(messages):
-    """Answers with passage 1's text and cites it, like a perfect extractive model."""
-    user = messages[-1]["content"]
-    return user.split("\n")[2] + " [1]" if "[1]" in user else "不知道"
-
-
 def test_runner_records_and_summarises(indexed, tmp_path):
-    runner = EvalRunner(indexed, [V.BUILTIN["ragbot"]], pipeline_factory=fake_factory(answer_from_passage))
+    runner = EvalRunner(indexed, [V.BUILTIN["ragbot"]], fake_factory())
     records = runner.run(ITEMS)["ragbot"]
     assert [r.id for r in records] == ["q1", "q2", "q3"]
     assert records[2].refused and records[2].refused_by == "gate: RWKV"
@@ -46,25 +44,54 @@ def test_a_failing_question_is_recorded_not_raised(indexed):
     def boom(messages):
         raise RuntimeError("model crashed")
 
-    records = EvalRunner(indexed, [V.BUILTIN["ragbot"]], pipeline_factory=fake_factory(boom)).run(ITEMS[:2])["ragbot"]
+    records = EvalRunner(indexed, [V.BUILTIN["ragbot"]], fake_factory(boom)).run(ITEMS[:2])["ragbot"]
     assert all("RuntimeError: model crashed" in r.error for r in records)
     assert summarize(records)["errors"] == 2
 
 
-def test_two_variants_side_by_side_with_outputs(indexed, tmp_path):
+def test_records_hold_the_answer_as_ask_json_prints_it(indexed):
+    (record,) = EvalRunner(indexed, [V.BUILTIN["ragbot"]], fake_factory("秩 r 常取 8 [1]。")).run(ITEMS[:1])["ragbot"]
+    pipeline = fake_factory("秩 r 常取 8 [1]。")(indexed, True)
+    answer = pipeline.ask(ITEMS[0].question).to_dict()
+    d = {k: v for k, v in record.__dict__.items() if k in answer}
+    assert set(d) == set(answer) and d["answer"] == answer["answer"] and d["citations"] == answer["citations"]
+    assert len(record.ranking) > 0 and record.evidence_rank == 1 and record.rouge["rougeL_char"] > 0.5
+
+
+def test_evaluate_runs_variants_side_by_side_writes_outputs_and_history(indexed, tmp_path):
     chosen = V.resolve(["ragbot", "naive"], indexed)
-    built = ensure_variant_indexes(indexed, chosen, embedder_factory=lambda s: FakeEmbedder())
-    assert len(built) == 1 and built[0].endswith(V.index_key(chosen[1].settings(indexed)))
-    results = EvalRunner(indexed, chosen, pipeline_factory=fake_factory(answer_from_passage)).run(ITEMS)
-    summaries = {k: summarize(v) for k, v in results.items()}
-    paths = write_outputs(results, summaries, tmp_path / "out", {"run": "t"})
-    names = {p.name for p in paths}
-    assert {"records.jsonl", "summary.json", "summary.csv", "metrics.png", "latency.png"} <= names
-    lines = (tmp_path / "out" / "records.jsonl").read_text().splitlines()
-    assert len(lines) == 6 and json.loads(lines[0])["variant"] == "ragbot"
-    table = comparison_table(summaries)
+    run = evaluate(indexed, chosen, ITEMS, qa_file="qa.jsonl", models=ModelCache(fake=True),
+                   out_dir=tmp_path / "out", source="test")
+    naive_key = IndexSpec.from_settings(chosen[1].settings(indexed)).key()
+    assert len(run.built_indexes) == 1 and run.built_indexes[0].name.endswith(naive_key)
+    assert {p.name for p in run.out_dir.iterdir()} >= {"records.jsonl", "summary.json", "summary.csv", "metrics.png",
+                                                        "latency.png"}
+    assert [r.variant for r in run.records] == ["ragbot"] * 3 + ["naive"] * 3 and run.errors == 0
+    assert isinstance(run.summaries["naive"], Summary) and run.meta["source"] == "test"
+    again = load_run(run.out_dir)
+    assert again.records == run.records and again.summaries == run.summaries
+    (row, *_) = History(indexed.home / "eval_history.db").runs()
+    assert row["run_id"] == run.run_id and row["out_dir"] == str(run.out_dir)
+    table = comparison_table(run.summaries)
     assert "ragbot" in table.splitlines()[0] and "naive" in table.splitlines()[0]
     assert "(* best per metric)" in table
+    # a second run reuses the variant index and gets its own run id
+    assert evaluate(indexed, chosen, ITEMS[:1], qa_file="qa.jsonl", models=ModelCache(fake=True)).built_indexes == ()
+
+
+def test_summary_names_only_known_metrics():
+    s = Summary({"mrr": 0.5, "hit@5": None})
+    assert s["mrr"] == 0.5 and s.get("hit@5", 0) == 0 and list(s) == ["hit@5", "mrr"]
+    with pytest.raises(KeyError, match="unknown metric 'rougel_char'"):
+        s["rougel_char"]
+    with pytest.raises(KeyError, match="unknown metric 'typo'"):
+        Summary({"typo": 1.0})
+
+
+def test_old_records_load(tmp_path):
+    record = Record.from_dict({"variant": "v", "id": "1", "question": "q", "type": "how", "reference": "r",
+                               "evidence": "e", "invalid_markers": 2, "no_longer_a_field": 1})
+    assert record.invalid_citation_markers == 2
 
 
 def test_comparison_table_marks_the_best():

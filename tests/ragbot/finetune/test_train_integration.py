@@ -7,7 +7,7 @@ import pytest
 from ragbot.finetune.data import ExampleBuilder
 from ragbot.finetune.questions import SyntheticQA
 from ragbot.finetune.train import LoraTrainer, TrainConfig, export_adapter
-from ragbot.generation import HFChatModel
+from ragbot.llm.hf import HFChatModel
 from ragbot.settings import BUNDLED_LLM
 from ragbot.types import Chunk, ScoredChunk
 
