@@ -135,6 +135,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             conversation.reset()
             print("（新对话）", file=sys.stderr)
             continue
+        if not interactive and not args.json:
+            print(f"问：{question}", flush=True)
         try:
             pipeline.check_question(question)
             rewrite = conversation.standalone(question)
@@ -142,8 +144,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({**stream.answer.to_dict(), "asked": question}, ensure_ascii=False), flush=True)
             else:
-                if not interactive:
-                    print(f"问：{question}")
                 if rewrite.changed:
                     print(f"（按上文理解为：{rewrite.question}）")
                 _render(stream, sys.stdout)

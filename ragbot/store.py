@@ -439,9 +439,11 @@ class IndexStore:
         A second writer says once who holds the lock (pid, host, command, since when) and gives up with
         :class:`IndexLockedError` after ``timeout_s`` seconds.
 
-        Plain ``fcntl.flock`` rather than the ``filelock`` package: filelock truncates the lock file on every
-        attempt to acquire it (so the holder could not be written into it for the waiter to name), and
-        readers need a shared lock (``LOCK_SH`` on ``.readers``), which filelock does not offer.
+        Plain ``fcntl.flock`` rather than the ``filelock`` package (kept on purpose): ``FileLock`` truncates the
+        lock file on every attempt to acquire it, so the holder could not be written into it for a waiter to
+        name; and the readers' shared locks (``LOCK_SH`` on each version's ``.readers``) would become
+        ``filelock.ReadWriteLock``, a SQLite database per version folder, where one flock on an open file does
+        the same job and the kernel drops it when a process dies.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -74,3 +74,113 @@ def test_ingest_verbose_prints_each_files_encoding(tmp_path, capsys, monkeypatch
     (tmp_path / "gbk.txt").write_bytes("注意力机制是一种加权求和。".encode("gbk"))
     assert cli.main(["ingest", str(tmp_path / "gbk.txt"), "-v"]) == 0
     assert "encoding gb18030: gbk.txt" in capsys.readouterr().out
+
+
+# ---- answers in a terminal, and the chat ------------------------------------------------------------------------
+class _Out:
+    """A stand-in for stdout: records what is written, says whether it is a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.parts = tty, []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _stream(reply):
+    from ragbot.generation import Generator
+    from ragbot.testing import FakeChatModel
+    from ragbot.types import Chunk, ScoredChunk
+
+    passages = [ScoredChunk(Chunk("c1", "d", "池化层没有可学习参数。", "pool.md", heading_path=("池化",)), 1.0, "fused")]
+    return Generator(FakeChatModel(reply)).stream("池化层有参数吗？", passages)
+
+
+def test_an_answer_whose_citations_were_added_is_reprinted_in_place_on_a_terminal():
+    out = _Out(tty=True)
+    cli._render(_stream("池化层没有可学习参数。"), out)  # cites nothing: alignment adds [1] after streaming
+    streamed, final = out.text.split("\x1b[J", 1)
+    assert streamed.startswith("池化层没有可学习参数。") and streamed.endswith("\r")
+    assert final.startswith("池化层没有可学习参数 [1]。\n") and "[1] pool.md · 池化" in final  # markers and sources agree
+
+
+def test_an_answer_streamed_as_it_ends_up_is_printed_once():
+    out = _Out(tty=True)
+    cli._render(_stream("池化层没有可学习参数 [1]。"), out)
+    assert "\x1b" not in out.text and out.text.count("池化层没有可学习参数") == 1 and "[1] pool.md" in out.text
+
+
+def test_a_refusal_is_printed_once_with_its_reason():
+    from ragbot.generation import AnswerStream
+    from ragbot.settings import REFUSAL
+    from ragbot.types import Answer
+
+    gate = Answer("RWKV？", REFUSAL, True, (), (), refused_by="gate: RWKV")
+    for tty in (True, False):
+        out = _Out(tty)
+        cli._render(AnswerStream.of(gate, shown=REFUSAL), out)
+        assert out.text.count(REFUSAL) == 1 and "RWKV" in out.text and "来源" not in out.text
+    out = _Out(tty=False)
+    cli._render(_stream(REFUSAL + "，但是资料里提到了池化。"), out)
+    assert out.text.count(REFUSAL) == 1 and "池化" not in out.text
+
+
+def _fake_pipeline(monkeypatch, indexed, rewrites):
+    from ragbot.pipeline import RagPipeline
+    from ragbot.testing import FakeChatModel, FakeEmbedder
+
+    class Model(FakeChatModel):
+        def generate(self, messages, **kw):  # the rewriter's call (answers are streamed)
+            rewrites.append(messages)
+            return "Adam 的 beta2 默认是多少？"
+
+    real = RagPipeline.from_settings.__func__
+    monkeypatch.setattr(RagPipeline, "from_settings", classmethod(
+        lambda cls, s, **kw: real(cls, indexed, chat_model=Model(), embedder=FakeEmbedder())))
+
+
+def test_chat_reads_one_question_per_line_and_rewrites_follow_ups(indexed, monkeypatch, capsys):
+    import io
+
+    rewrites = []
+    _fake_pipeline(monkeypatch, indexed, rewrites)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Adam 的 beta1 默认是多少？\n\n那它的 beta2 呢？\n" + "长" * 2001 + "\n"))
+    assert cli.main(["chat"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("问：") == 3 and out.count("来源：") == 2 and "adam.md" in out
+    assert "（按上文理解为：Adam 的 beta2 默认是多少？）" in out
+    assert len(rewrites) == 1 and "用户：Adam 的 beta1 默认是多少？" in rewrites[0][-1]["content"]
+    assert "error: the question has 2001 characters" in err  # a bad line is reported and the script goes on
+
+
+def test_chat_json_prints_one_object_per_question(indexed, monkeypatch, capsys):
+    import io
+
+    _fake_pipeline(monkeypatch, indexed, [])
+    monkeypatch.setattr("sys.stdin", io.StringIO("Adam 的 beta1 默认是多少？\n那它的 beta2 呢？\n"))
+    assert cli.main(["chat", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["asked"] for r in rows] == ["Adam 的 beta1 默认是多少？", "那它的 beta2 呢？"]
+    assert rows[1]["question"] == "Adam 的 beta2 默认是多少？" and rows[0]["citations"]
+
+
+def test_the_query_path_does_not_import_ingest(indexed):
+    code = ("import sys; from ragbot.pipeline import RagPipeline; from ragbot.settings import Settings; "
+            "from ragbot.testing import FakeChatModel, FakeEmbedder; "
+            f"s = Settings(home={str(indexed.home)!r}, embedder='fake-embedder', llm='fake-llm'); "
+            "p = RagPipeline.from_settings(s, chat_model=FakeChatModel(), embedder=FakeEmbedder()); "
+            "a = p.ask('LoRA 的秩常取多少？'); assert a.citations, a; "
+            "print(sorted(m for m in sys.modules if m == 'ingest' or m.startswith('ingest.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

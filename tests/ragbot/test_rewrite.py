@@ -65,3 +65,21 @@ def test_helpers():
     assert not usable("它的缺点是什么？", "它的缺点呢？", "LoRA 为什么省显存？")
     assert heuristic_rewrite("什么是？", "那呢") == "什么是？ 那呢"
     assert len(rewrite_messages(HISTORY * 5, "它呢？")[1]["content"].splitlines()) == 2 * 2 + 4
+
+
+def test_conversation_rewrites_follow_ups_against_its_turns():
+    from ragbot.rewrite import Conversation
+    from ragbot.testing import FakeChatModel
+    from ragbot.types import Answer
+
+    model = FakeChatModel("LoRA 和全参数微调相比如何？")
+    conv = Conversation(model)
+    first = conv.standalone("LoRA 为什么能减少显存占用？")
+    assert first.method == "none" and model.messages == []  # nothing to rewrite against yet
+    conv.add(first, Answer(first.question, "LoRA 只训练低秩矩阵 [1]。", False, (), ()))
+    follow = conv.standalone("那它和全参数微调比呢？")
+    assert follow.method == "llm" and follow.question == "LoRA 和全参数微调相比如何？"
+    assert "用户：LoRA 为什么能减少显存占用？" in model.messages[0][-1]["content"] and model.citable == [0]
+    conv.reset()
+    assert conv.standalone("那它呢？").method == "none"
+    assert Conversation(None, conv.history + [("user", "LoRA 是什么？")]).standalone("那它呢？").method == "heuristic"
