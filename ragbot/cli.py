@@ -80,6 +80,8 @@ def _render(stream, out) -> None:
             page = f" 第{c.chunk.page}页" if c.chunk.page else ""
             heading = f" · {c.chunk.heading}" if c.chunk.heading_path else ""
             out.write(f"  [{c.n}] {c.chunk.source}{page}{heading}\n")
+    elif answer.passages:
+        out.write("（这个回答没有引用资料：没有一段资料能支持它，请谨慎对待）\n")
     out.flush()
     t = answer.timings_ms
     print(f"(检索 {t.get('retrieval_ms', 0):.0f} ms，首字 {t.get('first_token_ms', 0):.0f} ms，"

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ragbot.grounding import key_terms as latin_terms
 from ragbot.settings import REFUSAL
 
 ChatFn = Callable[[list[dict[str, str]]], str]
@@ -72,10 +73,11 @@ def key_terms(text: str, limit: int = 4) -> list[str]:
 
 
 def needs_context(question: str) -> bool:
-    """Whether a question probably refers back to the conversation (pronoun, leading conjunction, very short)."""
+    """Whether a question probably refers back to the conversation (pronoun, leading conjunction, or very short
+    without a subject of its own: "为什么？" does, "RWKV 是什么？" names its subject and does not)."""
     q = question.strip()
     core = re.sub(r"[\s？?。！!，,]", "", q)
-    return len(core) < 8 or q.startswith(_LEADING) or any(w in q for w in _ANAPHORA)
+    return (len(core) < 8 and not latin_terms(q)) or q.startswith(_LEADING) or any(w in q for w in _ANAPHORA)
 
 
 def rewrite_messages(history: Sequence[tuple[str, str]], question: str) -> list[dict[str, str]]:
@@ -106,6 +108,8 @@ def usable(candidate: str, question: str, previous: str) -> bool:
         return False
     if REFUSAL in candidate or "[1]" in candidate:
         return False
+    if any(t.lower() not in candidate.lower() for t in latin_terms(question)):
+        return False  # the follow-up's own subject ("那 QLoRA 呢？") was dropped or replaced
     terms = key_terms(previous, limit=6)
     if terms and not any(t.lower() in candidate.lower() for t in terms):
         return False  # still leans on the history ("它" unresolved) or drifted to another subject

@@ -83,3 +83,13 @@ def test_conversation_rewrites_follow_ups_against_its_turns():
     conv.reset()
     assert conv.standalone("那它呢？").method == "none"
     assert Conversation(None, conv.history + [("user", "LoRA 是什么？")]).standalone("那它呢？").method == "heuristic"
+
+
+def test_a_new_subject_is_not_pulled_into_the_previous_topic():
+    # "RWKV 是什么？" is short but names its own subject: it stands alone, and the key-term gate can refuse it
+    assert not needs_context("RWKV 是什么？") and needs_context("为什么？") and needs_context("那 QLoRA 呢？")
+    assert rewrite_question(HISTORY, "RWKV 是什么？", lambda m: "为什么 LoRA 会减少显存占用？").method == "standalone"
+    # a rewrite that drops the follow-up's own term is not used; the fallback keeps it
+    rewrite = rewrite_question(HISTORY, "那 QLoRA 呢？", lambda m: "LoRA 为什么能减少显存占用？")
+    assert rewrite.method == "heuristic" and "QLoRA" in rewrite.question
+    assert rewrite_question(HISTORY, "那 QLoRA 呢？", lambda m: "QLoRA 和 LoRA 有什么区别？").method == "llm"
