@@ -48,7 +48,9 @@ def neutralize(text: str) -> str:
 def focus_start(text: str, query: str, max_chars: int) -> int:
     """Where the ``max_chars`` window of ``text`` that shares the most character bigrams with ``query`` starts.
 
-    Windows start at line or sentence breaks; of equal windows the earliest wins.
+    Windows start at line or sentence breaks; of equal windows the earliest wins. Bigrams here are neighbouring
+    letters or digits of the raw text (unlike :func:`ragbot.text.bigrams`, no pair spans punctuation or a space):
+    that is what every shipped prompt and the fine-tuning data were built with.
     """
     if len(text) <= max_chars:
         return 0

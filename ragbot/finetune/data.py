@@ -25,7 +25,7 @@ from ragbot.finetune.questions import SyntheticQA, question_subject
 from ragbot.grounding import key_terms
 from ragbot.prompt import build_messages, focus_start
 from ragbot.settings import REFUSAL
-from ragbot.text import squash, support
+from ragbot.text import alnum, squash, support
 from ragbot.types import Chunk, ScoredChunk
 
 
@@ -45,7 +45,7 @@ class TrainingExample:
 
 
 def char_ngrams(text: str, n: int = 5) -> set[str]:
-    chars = "".join(c for c in text.lower() if c.isalnum())
+    chars = alnum(text)
     return {chars[i:i + n] for i in range(max(1, len(chars) - n + 1))} if chars else set()
 
 
