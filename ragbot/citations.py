@@ -172,9 +172,10 @@ class CitationStreamFilter:
         """What to show for a complete bracketed run ``pending`` (its leading spaces included) after ``before``."""
         body = pending.lstrip(" \t")
         lead = pending[:len(pending) - len(body)]
-        if not MARKER.fullmatch(body):
+        marker = MARKER.fullmatch(body)
+        if marker is None:
             return pending
-        numbers = _expand(MARKER.fullmatch(body).group(1))
+        numbers = _expand(marker.group(1))
         valid = [n for n in numbers if 1 <= n <= self.n]
         self.invalid += len(numbers) - len(valid)
         out = ""

@@ -46,26 +46,26 @@ class AnswerStream:
         return cls(pieces())
 
     def __iter__(self) -> Iterator[str]:
-        if self._answer is None:
-            piece_iter = self._pieces
-            try:
-                while True:
-                    piece = next(piece_iter)
-                    self._shown.append(piece)
-                    yield piece
-            except StopIteration as done:
-                self._answer = done.value
+        while (piece := self._next()) is not None:
+            self._shown.append(piece)
+            yield piece
         return self._answer
+
+    def _next(self) -> str | None:
+        """The next piece, or None once the generator has returned its Answer (kept in ``_answer``)."""
+        if self._answer is not None:
+            return None
+        try:
+            return next(self._pieces)
+        except StopIteration as done:
+            assert done.value is not None, "the answer generator returned no Answer"
+            self._answer = done.value
+            return None
 
     @property
     def answer(self) -> Answer:
-        if self._answer is None:  # run the rest without showing it
-            try:
-                while True:
-                    next(self._pieces)
-            except StopIteration as done:
-                self._answer = done.value
-        assert self._answer is not None, "the answer generator returned no Answer"
+        while self._next() is not None:  # run the rest without showing it
+            pass
         return self._answer
 
     @property

@@ -89,6 +89,9 @@ def save_charts(summaries: Mapping[str, Mapping[str, Any]], out_dir: Path) -> li
 
 
 def git_commit(cwd: Path | None = None) -> str:
+    """The short commit of the checkout ragbot runs from (``cwd`` defaults to this package's folder, so the web app
+    and the CLI record the same commit wherever they were started), or "unknown"."""
+    cwd = cwd if cwd is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=5)
         return out.stdout.strip() or "unknown"
