@@ -12,8 +12,9 @@ The model sees the passages numbered [1]..[n] and cites them as ``[n]``. Whateve
 :class:`CitationStreamFilter` does the first two while the answer streams, so the text a user
 sees as it is generated is the text of the final answer (only alignment, which needs the whole
 answer, can add markers at the end). :func:`repoint_citations` runs the same filter over a
-finished text. :func:`claims_by_citation` and :func:`support_spans` say which answer sentences
-cite a passage and which of the passage's sentences support them, for showing a source.
+finished text. :func:`cited_sentences`, :func:`claims_by_citation` and :func:`support_spans` say which
+answer sentences cite a passage and which of the passage's sentences support them, for showing a source
+(and for the evaluation's supported-sentences metric).
 """
 
 from __future__ import annotations
@@ -234,19 +235,30 @@ def align_citations(answer: str, passages: Sequence[ScoredChunk], min_overlap: f
 _ANSWER_SENTENCE = re.compile(r"[^。！？!?\n]*(?:[。！？!?]+|\n|$)(?:\s*\[\d{1,3}\])*")
 
 
-def claims_by_citation(answer_text: str) -> dict[int, list[str]]:
-    """For each ``n``, the answer sentences that cite ``[n]`` (markers removed).
+def cited_sentences(answer_text: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The sentences of a cleaned answer, each with its markers removed and the passage numbers it cites.
 
-    A marker right after the sentence's full stop ("…显存。[1]") belongs to that sentence.
+    A marker right after the sentence's full stop ("…显存。[1]") belongs to that sentence; a sentence that is
+    empty once its markers are removed is left out.
+
+    >>> cited_sentences("LoRA 省显存 [1]。秩常取 8。[2][1] 完")
+    [('LoRA 省显存 。', (1,)), ('秩常取 8。', (2, 1)), ('完', ())]
     """
-    out: dict[int, list[str]] = {}
+    out = []
     for m in _ANSWER_SENTENCE.finditer(answer_text or ""):
         sentence = m.group(0)
-        numbers = [int(x) for x in CITED.findall(sentence)]
         claim = CITED.sub("", sentence).strip()
-        for n in dict.fromkeys(numbers):
-            if claim:
-                out.setdefault(n, []).append(claim)
+        if claim:
+            out.append((claim, tuple(dict.fromkeys(int(x) for x in CITED.findall(sentence)))))
+    return out
+
+
+def claims_by_citation(answer_text: str) -> dict[int, list[str]]:
+    """For each ``n``, the answer sentences that cite ``[n]`` (markers removed; :func:`cited_sentences`)."""
+    out: dict[int, list[str]] = {}
+    for claim, numbers in cited_sentences(answer_text):
+        for n in numbers:
+            out.setdefault(n, []).append(claim)
     return out
 
 

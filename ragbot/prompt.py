@@ -77,20 +77,33 @@ def focus(text: str, question: str, max_chars: int) -> str:
     return ("…" if best > 0 else "") + window.strip() + ("…" if best + max_chars < len(text) else "")
 
 
-def format_passages(passages: Sequence[ScoredChunk], max_chars: int = 300, question: str = "") -> str:
-    """``[n]（heading path）`` then the text (focused on the question when longer than ``max_chars``).
+def shown_passages(passages: Sequence[ScoredChunk], question: str = "", style: str = "grounded",
+                   max_chars: int = 300) -> list[str]:
+    """What the LLM sees of each passage, in prompt order, without its ``[n]``: for the grounded prompt
+    ``（heading path）`` and the text focused on the question (:func:`focus`), for the plain prompt the whole
+    text, both through :func:`neutralize`. The prompt is built from these, and the evaluation checks answers
+    against them (its supported-sentences metric).
 
-    File names are left out: they are noise to a small model, which tended to copy them into its
-    answer; the heading carries the context that helps. Heading and text go through :func:`neutralize`.
+    File names are left out of the grounded prompt: they are noise to a small model, which tended to copy
+    them into its answer; the heading carries the context that helps.
     """
-    blocks = []
-    for n, hit in enumerate(passages, start=1):
+    if style == "plain":
+        return [neutralize(p.chunk.text) for p in passages]
+    shown = []
+    for hit in passages:
         c = hit.chunk
         where = c.heading or c.source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         if c.page:
             where += f"，第{c.page}页"
-        blocks.append(neutralize(f"[{n}]（{where}）\n{focus(c.text, question, max_chars)}"))
-    return "\n\n".join(blocks)
+        shown.append(neutralize(f"（{where}）\n{focus(c.text, question, max_chars)}"))
+    return shown
+
+
+def format_passages(passages: Sequence[ScoredChunk], max_chars: int = 300, question: str = "") -> str:
+    """``[n]（heading path）`` then the text (focused on the question when longer than ``max_chars``):
+    :func:`shown_passages`, numbered."""
+    shown = shown_passages(passages, question, "grounded", max_chars)
+    return "\n\n".join(f"[{n}]{text}" for n, text in enumerate(shown, start=1))
 
 
 def build_messages(question: str, passages: Sequence[ScoredChunk], style: str = "grounded",
@@ -100,7 +113,7 @@ def build_messages(question: str, passages: Sequence[ScoredChunk], style: str = 
     if style == "plain":
         if not passages:
             return [{"role": "system", "content": PLAIN_SYSTEM}, {"role": "user", "content": asked}]
-        context = "\n\n".join(neutralize(p.chunk.text) for p in passages)
+        context = "\n\n".join(shown_passages(passages, style="plain"))
         return [{"role": "system", "content": PLAIN_SYSTEM},
                 {"role": "user", "content": f"根据以下上下文回答问题。\n\n上下文：\n{context}\n\n问题：{asked}"}]
     fenced = f"{PASSAGES_OPEN}\n{format_passages(passages, max_chars, question)}\n{PASSAGES_CLOSE}"

@@ -98,6 +98,9 @@ def chart_frame(summaries: Mapping[str, Mapping[str, Any]], metrics: Sequence[st
                         columns=[label(m) for m in cols]).astype(float)
 
 
+SUPPORTED = metric("supported_sentences").label  # per question: that answer's share (empty for a refusal)
+
+
 def questions_frame(records: Sequence[Record]) -> Any:
     import pandas as pd
 
@@ -105,10 +108,11 @@ def questions_frame(records: Sequence[Record]) -> Any:
     for r in records:
         rows.append({"方案": r.variant, "编号": r.id, "问题": r.question, "类型": TYPE_LABELS.get(r.type, r.type),
                      "ROUGE-L": r.rouge.get("rougeL_char"), "ROUGE-1": r.rouge.get("rouge1_char"),
-                     "ROUGE-2": r.rouge.get("rouge2_char"), "拒答": r.refused, "证据排名": r.evidence_rank,
-                     "用时 (秒)": round(r.timings_ms.get("total_ms", 0) / 1000, 2), "出错": bool(r.error)})
-    return pd.DataFrame(rows, columns=["方案", "编号", "问题", "类型", "ROUGE-L", "ROUGE-1", "ROUGE-2", "拒答",
-                                       "证据排名", "用时 (秒)", "出错"])
+                     "ROUGE-2": r.rouge.get("rouge2_char"), SUPPORTED: r.supported_sentences, "拒答": r.refused,
+                     "证据排名": r.evidence_rank, "用时 (秒)": round(r.timings_ms.get("total_ms", 0) / 1000, 2),
+                     "出错": bool(r.error)})
+    return pd.DataFrame(rows, columns=["方案", "编号", "问题", "类型", "ROUGE-L", "ROUGE-1", "ROUGE-2", SUPPORTED,
+                                       "拒答", "证据排名", "用时 (秒)", "出错"])
 
 
 def filter_questions(frame: Any, *, variants: Sequence[str] = (), types: Sequence[str] = (), text: str = "",
@@ -198,7 +202,8 @@ def render_results(run: EvalRun) -> None:
     st.dataframe(shown, hide_index=True, width="stretch", key="ev_questions",
                  column_config={"ROUGE-L": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=1),
                                 "ROUGE-1": st.column_config.NumberColumn(format="%.3f"),
-                                "ROUGE-2": st.column_config.NumberColumn(format="%.3f")})
+                                "ROUGE-2": st.column_config.NumberColumn(format="%.3f"),
+                                SUPPORTED: st.column_config.NumberColumn(format="%.2f")})
     st.caption(f"共 {len(shown)} 行。展开下面的题目对照参考答案和生成的回答（按上面的排序，最多 20 题）。")
     records = {(r.variant, r.id): r for r in run.records}
     for _, row in shown.head(20).iterrows():
@@ -232,7 +237,7 @@ def render(settings: Settings, variants: dict[str, Variant], models: Any, corpus
     from ui.resources import describe
 
     st.subheader("📊 ROUGE 评测")
-    st.caption("在一组带参考答案的问题上比较不同方案：ROUGE、检索命中、拒答和引用质量、延迟。"
+    st.caption("在一组带参考答案的问题上比较不同方案：ROUGE、检索命中、拒答和引用质量、回答句子有无资料依据、延迟。"
                "结果同时写入评测历史（与 `ragbot eval --history` 共用）。")
     bundled = bundled_qa(corpus)
     history_path = settings.home / "eval_history.db"

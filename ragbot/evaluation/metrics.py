@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ragbot.citations import cited_sentences, is_refusal
+from ragbot.text import support
 from ragbot.types import Answer
 
 _WHITESPACE = re.compile(r"\s+")
@@ -293,6 +295,49 @@ def citation_metrics(records: Sequence[CitationRecord]) -> CitationMetrics:
         citation_precision=_rate(sum(valid), n_citations),
         supported_rate=_rate(supported, len(answerable)),
     )
+
+
+def supported_sentences(answer: str, passages: Sequence[str], *, min_support: float = 0.6,
+                        min_chars: int = 6) -> float | None:
+    """Share of the answer's sentences that the passages it cites support; None when no sentence counts.
+
+    ``answer`` is the cleaned answer (markers ``[n]``) and ``passages`` the texts of the passages the LLM was
+    given, as it saw them (:func:`ragbot.prompt.shown_passages`), in prompt order: ``[n]`` is ``passages[n - 1]``.
+
+    * The answer is split into sentences by :func:`ragbot.citations.cited_sentences` (a marker right after a
+      full stop belongs to that sentence). A sentence counts when it has ``min_chars`` or more characters once
+      its markers are removed and it is stripped (punctuation counts, markers and surrounding spaces do not).
+    * Each counted sentence is checked against the passages **it** cites; a sentence citing none against the
+      passages the answer cites anywhere; when the answer cites nothing, against all given passages (so an
+      answer with no passages at all supports nothing: 0.0). Numbers naming no given passage are ignored.
+    * It is supported when at least ``min_support`` of its character bigrams occur in those passages together
+      (:func:`ragbot.text.support` on their texts joined by line breaks).
+
+    A refusal (:func:`ragbot.citations.is_refusal`), an empty answer, or one whose sentences are all shorter
+    than ``min_chars`` gives None: it claims nothing to check.
+
+    >>> supported_sentences("LoRA 只训练低秩矩阵 [1]。它还能把显存降到零 [1]。", ["LoRA 冻结权重，只训练低秩矩阵。"])
+    0.5
+    >>> supported_sentences("资料中没有相关信息", ["LoRA 冻结权重。"]) is None
+    True
+    """
+    if is_refusal(answer):
+        return None
+    split = cited_sentences(answer)
+    valid = range(1, len(passages) + 1)
+    cited_by_answer = sorted({n for _, numbers in split for n in numbers if n in valid})
+    counted = [(claim, [n for n in numbers if n in valid]) for claim, numbers in split if len(claim) >= min_chars]
+    if not counted:
+        return None
+
+    def source(numbers: Sequence[int]) -> str:
+        chosen = numbers or cited_by_answer or valid
+        # joined, the last letter of one passage and the first of the next make one bigram that neither holds;
+        # it counts only for a sentence holding exactly that pair, rare enough to keep text.support as it is
+        return "\n".join(passages[n - 1] for n in chosen)
+
+    supported = sum(support(claim, source(numbers)) >= min_support for claim, numbers in counted)
+    return supported / len(counted)
 
 
 # ---------------------------------------------------------------- latency

@@ -20,6 +20,7 @@ from typing import Any
 from ragbot.errors import ConfigError
 from ragbot.evaluation import metrics as M
 from ragbot.evaluation.summary import HIT_KS, LATENCY_STAGES, ROUGE_KEYS, Summary
+from ragbot.prompt import shown_passages
 from ragbot.settings import Settings
 from ragbot.variants import Variant, variant_index_path
 
@@ -87,6 +88,9 @@ class Record:
     ranking: list[str] = field(default_factory=list)  # chunk ids retrieved, RETRIEVAL_DEPTH deep
     evidence_rank: int | None = None
     rouge: dict[str, float] = field(default_factory=dict)
+    # share of the answer's sentences its passages support (metrics.supported_sentences, on the passages as the
+    # LLM saw them, which the record does not keep); None for a refusal, and in records of older versions
+    supported_sentences: float | None = None
     error: str = ""
 
     @property
@@ -127,6 +131,8 @@ def summarize(records: Sequence[Record]) -> Summary:
                 "invalid_markers": cites.invalid_markers,
                 "aligned_citations": sum(r.aligned_citations for r in ok),
                 "repointed_citations": sum(r.repointed_citations for r in ok)})
+    supported = [r.supported_sentences for r in ok if r.supported_sentences is not None]
+    out["supported_sentences"] = sum(supported) / len(supported) if supported else None
     for key in LATENCY_STAGES:
         values = [r.timings_ms[key] for r in ok if key in r.timings_ms]
         p = M.percentiles(values)
@@ -173,8 +179,10 @@ class EvalRunner:
                           error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
         ranking = retrieval.final[:RETRIEVAL_DEPTH]
         rank = M.first_hit_rank([h.chunk.text for h in ranking], item.evidence) if item.answerable and ranking else None
+        shown = shown_passages(answer.passages, answer.question, vs.prompt, vs.max_passage_chars)
         return Record(**base, **answer.to_dict(), ranking=[h.chunk.id for h in ranking], evidence_rank=rank,
-                      rouge=M.rouge_scores(item.answer, answer.text))
+                      rouge=M.rouge_scores(item.answer, answer.text),
+                      supported_sentences=M.supported_sentences(answer.text, shown))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def _metrics() -> dict[str, Metric]:
     out += [Metric("refusal_precision", "拒答精确率"), Metric("refusal_recall", "拒答召回率"),
             Metric("false_refusal_rate", "误拒率", higher=False),
             Metric("citation_precision", "引用精确率"), Metric("answers_with_valid_citation", "有效引用占比"),
+            Metric("supported_sentences", "有据句子占比"),
             Metric("invalid_markers", "无效引用标记", higher=False, count=True),
             Metric("aligned_citations", "补充的引用", count=True),
             Metric("repointed_citations", "改正出处的引用", count=True)]
@@ -52,20 +53,25 @@ METRICS: dict[str, Metric] = _metrics()
 
 TABLE = ("hit@1", "hit@3", "hit@5", "hit@10", "mrr", "rouge1_char", "rouge2_char", "rougeL_char",
          "rougeL_char_answerable", "rouge1_word", "rougeL_word", "refusal_precision", "refusal_recall",
-         "false_refusal_rate", "citation_precision", "answers_with_valid_citation", "invalid_markers",
-         "retrieval_ms_p50", "retrieval_ms_p95", "first_token_ms_p50", "total_ms_p50", "total_ms_p95", "errors")
+         "false_refusal_rate", "citation_precision", "answers_with_valid_citation", "supported_sentences",
+         "invalid_markers", "retrieval_ms_p50", "retrieval_ms_p95", "first_token_ms_p50", "total_ms_p50",
+         "total_ms_p95", "errors")
 """The rows of the comparison table (terminal and web app), in order."""
 
 CHART_GROUPS = {
     "ROUGE": ("rouge1_char", "rouge2_char", "rougeL_char", "rougeL_word"),
     "检索": ("hit@1", "hit@3", "hit@5", "mrr"),
-    "拒答与引用": ("refusal_precision", "refusal_recall", "false_refusal_rate", "citation_precision"),
+    "拒答与引用": ("refusal_precision", "refusal_recall", "false_refusal_rate", "citation_precision",
+              "supported_sentences"),
     "延迟 (ms)": ("retrieval_ms_p50", "first_token_ms_p50", "total_ms_p50"),
 }
-QUALITY_CHART = ("hit@5", "mrr", "rougeL_char", "refusal_recall", "false_refusal_rate", "citation_precision")
-HISTORY = ("hit@5", "mrr", "rougeL_char", "refusal_recall", "false_refusal_rate", "citation_precision")
+QUALITY_CHART = ("hit@5", "mrr", "rougeL_char", "refusal_recall", "false_refusal_rate", "citation_precision",
+                 "supported_sentences")
+HISTORY = ("hit@5", "mrr", "rougeL_char", "refusal_recall", "false_refusal_rate", "citation_precision",
+           "supported_sentences")
 """The columns of ``ragbot eval --history`` (the web app's list of past runs adds ``rouge1_char`` and latency)."""
-HISTORY_UI = ("rougeL_char", "rouge1_char", "hit@5", "mrr", "refusal_recall", "citation_precision", "total_ms_p50")
+HISTORY_UI = ("rougeL_char", "rouge1_char", "hit@5", "mrr", "refusal_recall", "citation_precision",
+              "supported_sentences", "total_ms_p50")
 
 
 def metric(key: str) -> Metric:

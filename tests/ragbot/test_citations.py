@@ -5,6 +5,7 @@ import pytest
 from ragbot.citations import (
     CitationStreamFilter,
     align_citations,
+    cited_sentences,
     claims_by_citation,
     clean_citations,
     is_refusal,
@@ -114,6 +115,10 @@ def test_repoint_writes_a_duplicated_marker_once():
 def test_claims_and_support_spans():
     claims = claims_by_citation("LoRA 只训练低秩矩阵 [1]。秩常取 8。[2] 其他 [1][2]")
     assert claims[1] == ["LoRA 只训练低秩矩阵 。", "其他"] and claims[2] == ["秩常取 8。", "其他"]
+    assert cited_sentences("LoRA 只训练低秩矩阵 [1]。秩常取 8。[2] 其他 [1][2]") == [
+        ("LoRA 只训练低秩矩阵 。", (1,)), ("秩常取 8。", (2,)), ("其他", (1, 2))]
+    assert cited_sentences("没有引用。也没有") == [("没有引用。", ()), ("也没有", ())]
+    assert cited_sentences("") == cited_sentences("[1]") == []  # a marker alone is no sentence
     text = "LoRA 冻结原权重，只训练低秩矩阵。秩 r 常取 8。"
     spans = support_spans(text, ["LoRA 只训练低秩矩阵"])
     assert [text[s:e] for s, e in spans][0] == "LoRA 冻结原权重，只训练低秩矩阵。"

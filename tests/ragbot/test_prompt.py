@@ -24,6 +24,22 @@ def test_plain_prompt_without_passages_is_just_the_question():
     assert msgs[-1] == {"role": "user", "content": "问题？"}
 
 
+@pytest.mark.parametrize("style", ["grounded", "plain"])
+def test_shown_passages_are_the_passages_as_the_prompt_holds_them(style):
+    from ragbot.prompt import shown_passages
+
+    long = ScoredChunk(Chunk("c9", "d", "开头讲卷积。" * 20 + "\nLoRA 只训练低秩矩阵。<|im_end|>", "b.md", page=3), 1.0, "fused")
+    given = [*passages(2), long]
+    user = build_messages("LoRA 训练什么？", given, style=style, max_chars=40)[-1]["content"]
+    shown = shown_passages(given, "LoRA 训练什么？", style, max_chars=40)
+    assert len(shown) == 3 and "<|im_end|>" not in shown[2]
+    if style == "grounded":
+        assert all(f"[{n}]{text}" in user for n, text in enumerate(shown, start=1))
+        assert shown[0] == "（标题）\n第1段资料。" and shown[2].startswith("（b，第3页）\n…") and len(shown[2]) < 60
+    else:
+        assert "\n\n".join(shown) in user and shown[2].startswith("开头讲卷积。" * 20)
+
+
 def test_focus_picks_the_window_about_the_question():
     from ragbot.prompt import focus
 

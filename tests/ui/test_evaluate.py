@@ -41,17 +41,22 @@ def test_run_writes_outputs_and_history(run, indexed):
     assert [r["run_id"] for r in runs] == [run.run_id] and set(runs[0]["variants"]) == {"ragbot", "naive"}
     frame = runs_frame(runs)
     assert set(frame["方案"]) == {"ragbot", "naive"} and "ROUGE-L（字）" in frame.columns
+    assert frame["有据句子占比"].notna().all()
 
 
 def test_tables_and_filters(run):
     table = comparison_frame(run.summaries)
     assert list(table.columns) == ["ragbot", "naive"] and "ROUGE-L（字）" in table.index
     assert best_cells(table).to_html()  # renders
+    assert table.loc["有据句子占比"].notna().all()  # supported sentences, for every variant
+    assert "有据句子占比" in chart_frame(run.summaries, ["citation_precision", "supported_sentences"]).columns
     assert list(chart_frame(run.summaries, ["rougeL_char", "mrr", "hit@10"]).columns) == ["ROUGE-L（字）", "MRR", "命中@10"]
     with pytest.raises(KeyError, match="unknown metric 'nope'"):  # metric names are defined once; a typo fails
         chart_frame(run.summaries, ["rougeL_char", "nope"])
     q = questions_frame(run.records)
     assert len(q) == 6
+    supported = [None if v != v else v for v in q["有据句子占比"]]  # a refusal's NaN: an empty cell
+    assert supported == [r.supported_sentences for r in run.records] and None in supported
     lowest = filter_questions(q, variants=["ragbot"])
     assert list(lowest["方案"].unique()) == ["ragbot"] and lowest["ROUGE-L"].is_monotonic_increasing
     assert list(filter_questions(q, types=["不可答"])["编号"]) == ["t3", "t3"]

@@ -13,8 +13,10 @@ from ragbot.evaluation.metrics import (
     rouge_l,
     rouge_n,
     rouge_scores,
+    supported_sentences,
     word_tokens,
 )
+from ragbot.settings import REFUSAL
 from ragbot.types import Answer, Chunk, Citation
 
 # (reference, hypothesis): Chinese, mixed, punctuation, full-width, repeats, identical, disjoint.
@@ -194,6 +196,58 @@ def test_citation_record_from_answer():
     chunk = Chunk("c1", "d", "ReLU 把负数置零", "a.md")
     answer = Answer("问", "ReLU 把负数置零 [1]", False, (Citation(1, chunk),), (), invalid_markers=2)
     assert CitationRecord.from_answer(answer, "负数置零", True) == CitationRecord(("ReLU 把负数置零",), "负数置零", 2, True)
+
+
+# ---- supported sentences ------------------------------------------------------------------------------------
+LORA = "LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B。"
+ADAM = "Adam 优化器的默认 beta1 为 0.9，beta2 为 0.999。"
+
+
+@pytest.mark.parametrize("answer", ["LoRA 只训练低秩矩阵 A 和 B [1]。", "LoRA 只训练低秩矩阵 A 和 B。[1]",
+                                    "LoRA 冻结预训练权重[1]，只训练低秩矩阵"])
+def test_a_copied_sentence_with_its_marker_is_supported(answer):
+    assert supported_sentences(answer, [LORA, ADAM]) == 1.0
+
+
+def test_an_invented_sentence_is_not_supported_by_the_passage_it_cites():
+    assert supported_sentences("LoRA 能让推理速度提高十倍 [1]。", [LORA, ADAM]) == 0.0
+    assert supported_sentences("LoRA 只训练低秩矩阵 A 和 B [1]。它能让推理速度提高十倍 [1]。", [LORA, ADAM]) == 0.5
+
+
+def test_a_sentence_is_checked_against_the_passages_it_cites_itself():
+    assert supported_sentences("LoRA 只训练低秩矩阵 A 和 B [2]。", [LORA, ADAM]) == 0.0  # its text is in [1] only
+    two = "LoRA 只训练低秩矩阵 A 和 B [1]。Adam 的默认 beta2 为 0.999 [1]。"
+    assert supported_sentences(two, [LORA, ADAM]) == 0.5
+    assert supported_sentences("LoRA 冻结预训练权重，Adam 的默认 beta2 为 0.999 [1][2]。", [LORA, ADAM]) == 1.0
+
+
+def test_an_uncited_sentence_is_checked_against_the_passages_the_answer_cites():
+    assert supported_sentences("Adam 的默认 beta2 为 0.999 [2]。LoRA 只训练低秩矩阵 A 和 B。", [LORA, ADAM]) == 0.5
+    assert supported_sentences("LoRA 冻结预训练权重 [1]。它只训练低秩矩阵 A 和 B。", [LORA, ADAM]) == 1.0
+
+
+def test_an_answer_citing_nothing_is_checked_against_all_passages():
+    answer = "LoRA 只训练低秩矩阵 A 和 B。Adam 的默认 beta2 为 0.999。"
+    assert supported_sentences(answer, [LORA, ADAM]) == 1.0
+    assert supported_sentences(answer, [LORA]) == 0.5
+    assert supported_sentences(answer, []) == 0.0  # no passages (the llm-only variant): nothing supports it
+    assert supported_sentences("LoRA 只训练低秩矩阵 A 和 B [7]。", [LORA]) == 1.0  # a number naming no passage
+
+
+def test_markers_are_removed_before_the_six_character_rule():
+    assert supported_sentences("是的呀 [1][2]。", [LORA, ADAM]) is None  # 11 characters with its markers, 5 without
+    assert supported_sentences("是的呀 [1][2]。LoRA 只训练低秩矩阵 [1]。", [LORA, ADAM]) == 1.0  # the short one not counted
+    assert supported_sentences("秩为八八八。LoRA 只训练低秩矩阵 [1]。", [LORA, ADAM]) == 0.5  # 6 characters count
+
+
+@pytest.mark.parametrize("answer", [REFUSAL, "", "  ", "[1]", "资料中没有相关信息。LoRA 冻结预训练权重 [1]。"])
+def test_a_refusal_or_an_empty_answer_has_no_value(answer):
+    assert supported_sentences(answer, [LORA, ADAM]) is None
+
+
+def test_the_support_threshold_is_sixty_percent():
+    assert supported_sentences("abcdef。", ["abcd"]) == 1.0  # 3 of its 5 bigrams (ab bc cd de ef): 0.6
+    assert supported_sentences("abcdefg。", ["abcd"]) == 0.0  # 3 of 6: 0.5
 
 
 def test_percentiles_linear():

@@ -79,6 +79,64 @@ def test_evaluate_runs_variants_side_by_side_writes_outputs_and_history(indexed,
     assert evaluate(indexed, chosen, ITEMS[:1], qa_file="qa.jsonl", models=ModelCache(fake=True)).built_indexes == ()
 
 
+def test_evaluate_reports_supported_sentences_for_every_variant(indexed, tmp_path):
+    chosen = V.resolve(["ragbot", "naive", "llm-only"], indexed)
+    run = evaluate(indexed, chosen, ITEMS, qa_file="qa.jsonl", models=ModelCache(fake=True), out_dir=tmp_path / "out")
+    for name in ("ragbot", "naive", "llm-only"):
+        assert 0 <= run.summaries[name]["supported_sentences"] <= 1, name
+    by_id = {(r.variant, r.id): r for r in run.records}
+    assert by_id["ragbot", "q1"].supported_sentences == 1.0  # the fake copies its passage's first sentence
+    assert by_id["ragbot", "q3"].refused and by_id["ragbot", "q3"].supported_sentences is None
+    assert run.summaries["llm-only"]["supported_sentences"] == 0.0  # no passages: nothing supports its answers
+    saved = json.loads((run.out_dir / "summary.json").read_text(encoding="utf-8"))["variants"]
+    assert all("supported_sentences" in saved[name] for name in ("ragbot", "naive", "llm-only"))
+    assert load_run(run.out_dir).records == run.records
+    (row,) = [line.split() for line in comparison_table(run.summaries).splitlines() if line.startswith("supported_")]
+    assert row[0] == "supported_sentences" and len(row) == 4
+    history = History(indexed.home / "eval_history.db")
+    assert {r["variant"] for r in history.runs() if "supported_sentences" in r["metrics"]} == {"ragbot", "naive", "llm-only"}
+    assert "supported_sentences" in history.table()
+
+
+def test_supported_sentences_are_checked_against_the_passages_as_the_llm_saw_them(indexed):
+    reply = "LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B [1]。"
+    (record,) = EvalRunner(indexed, [V.BUILTIN["ragbot"]], fake_factory(reply)).run(ITEMS[:1])["ragbot"]
+    assert record.supported_sentences == 1.0
+    narrow = indexed.replace(max_passage_chars=10)  # the prompt shows "# LoRA\n\nLo…" of the passage
+    (record,) = EvalRunner(narrow, [V.BUILTIN["ragbot"]], fake_factory(reply)).run(ITEMS[:1])["ragbot"]
+    assert reply[:-5] in record.hits[0]["text"] and record.supported_sentences == 0.0
+
+
+def test_the_supported_sentences_mean_leaves_out_answers_without_a_value():
+    base = dict(variant="v", question="q", type="how", reference="r", evidence="e")
+    records = [Record(id="1", supported_sentences=1.0, **base), Record(id="2", supported_sentences=0.5, **base),
+               Record(id="3", answer=REFUSAL, refused=True, **base),  # a refusal: None
+               Record(id="4", supported_sentences=0.0, error="RuntimeError", **base),  # an error is not counted
+               Record.from_dict({"id": "5", **base})]  # a record of an older version: None
+    assert records[4].supported_sentences is None
+    assert summarize(records)["supported_sentences"] == 0.75
+    assert summarize(records[2:3])["supported_sentences"] is None
+
+
+def test_an_old_run_without_supported_sentences_loads_and_shows_it_missing(indexed, tmp_path):
+    run = evaluate(indexed, V.resolve(["ragbot"], indexed), ITEMS[:1], qa_file="qa.jsonl", models=ModelCache(fake=True),
+                   out_dir=tmp_path / "out")
+    records, summary = run.out_dir / "records.jsonl", run.out_dir / "summary.json"
+    old = [{k: v for k, v in json.loads(line).items() if k != "supported_sentences"}
+           for line in records.read_text(encoding="utf-8").splitlines()]
+    records.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in old), encoding="utf-8")
+    data = json.loads(summary.read_text(encoding="utf-8"))
+    del data["variants"]["ragbot"]["supported_sentences"]
+    summary.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    again = load_run(run.out_dir)
+    assert again.records[0].supported_sentences is None
+    assert "supported_sentences" not in list(again.summaries["ragbot"]) and again.summaries["ragbot"]["supported_sentences"] is None
+    assert summarize(again.records)["supported_sentences"] is None  # missing, not 0
+    both = comparison_table({"old": again.summaries["ragbot"], "new": run.summaries["ragbot"]})
+    (row,) = [line.split() for line in both.splitlines() if line.startswith("supported_")]
+    assert row == ["supported_sentences", "n/a", "1.000"]
+
+
 def test_summary_names_only_known_metrics():
     s = Summary({"mrr": 0.5, "hit@5": None})
     assert s["mrr"] == 0.5 and s.get("hit@5", 0) == 0 and list(s) == ["hit@5", "mrr"]
