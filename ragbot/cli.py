@@ -281,12 +281,14 @@ def cmd_finetune_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = TrainConfig(rank=args.rank, alpha=args.alpha, top_layers=args.top_layers, learning_rate=args.lr, epochs=args.epochs,
                          max_length=args.max_length, grad_accum=args.grad_accum, max_examples=args.max_examples,
-                         seed=args.seed, precision=args.precision, target_modules=tuple(args.target_modules.split(",")))
+                         seed=args.seed, precision=args.precision, target_modules=tuple(args.target_modules.split(",")),
+                         cache_prompt=not args.no_cache)
     base = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
     result = LoraTrainer(base, config, device=settings.device).run(Path(args.data), Path(args.out),
                                                                     resume=not args.no_resume)
     print(f"adapter written to {result.out_dir}: {result.train_examples} train / {result.val_examples} val examples, "
-          f"{result.steps} steps in {result.seconds / 60:.1f} min on {result.device}; val loss per epoch {result.val_loss}")
+          f"{result.steps} steps in {result.seconds / 60:.1f} min on {result.device} ({result.precision_reason}; "
+          f"frozen-layer cache {result.cache_seconds / 60:.1f} min of it); val loss per epoch {result.val_loss}")
     print(f"use it: RAGBOT_ADAPTER={result.out_dir} ragbot ask ...   or   ragbot eval QA.jsonl --variant finetuned")
     return 0
 
@@ -384,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=0, help="train on a random slice (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints of an interrupted run")
+    p.add_argument("--no-cache", action="store_true",
+                   help="run every layer every epoch instead of caching the frozen layers' output (slower, same result)")
     p.set_defaults(func=cmd_finetune_train)
     p = ftsub.add_parser("export", help="copy a trained adapter into the repo's shipped form (bf16 weights, portable config)")
     p.add_argument("--adapter", required=True, help="folder written by `ragbot finetune train`")

@@ -1,10 +1,14 @@
 """LoRA fine-tuning of the answerer with peft and the transformers ``Trainer``.
 
 The loss covers only the answer tokens: the prompt (instructions, passages, question) is masked
-with -100, so the model learns what to say given passages, not to reproduce them. Runs on a GPU in
-bf16, and on a CPU in bf16 where it has bf16 instructions (AVX512-BF16 or AMX: ~3x faster than fp32
-here) or else in fp32 (bf16 is emulated on AVX2 and slower than fp32). The LoRA weights stay fp32. Checkpoints let an interrupted run
-resume; the output folder holds the adapter, the training settings and the data card together.
+with -100, so the model learns what to say given passages, not to reproduce them. LoRA sits in the top
+``top_layers`` decoder layers; the layers below are frozen, so by default (``cache_prompt``) their output is
+computed once per example and cached on disk (:mod:`ragbot.finetune.prefix`), and every epoch runs only
+the adapted layers, projecting only answer positions onto the vocabulary. Precision follows the hardware,
+detected at run time (:func:`choose_precision`): bf16 on GPUs and on CPUs with AVX512-BF16 or AMX, fp32 on
+other CPUs (bf16 is emulated there and slower than fp32); the LoRA weights stay fp32. Checkpoints (and the
+cache's shards) let an interrupted run resume; the output folder holds the adapter, the training settings
+and the data card together.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from ragbot.errors import ConfigError
 class TrainConfig:
     rank: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    # no dropout: on this CPU dropout on the LoRA inputs cost ~25% of a step (a copy of every adapted input)
+    dropout: float = 0.0
     # attention and MLP: on a CPU the backward pass runs through these layers' MLPs anyway, so LoRA there is cheap
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     precision: str = "auto"  # auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), bf16, fp32
-    top_layers: int = 12  # LoRA only in the last N decoder layers (0 = all): backward then stops there, ~2x faster
+    top_layers: int = 4  # LoRA only in the last N decoder layers (0 = all); the layers below are frozen
+    cache_prompt: bool = True  # run the frozen layers once and train the top ones from their cached output
     learning_rate: float = 2e-4
     epochs: float = 2.0
     max_length: int = 1280
@@ -95,6 +101,8 @@ class TrainResult:
     device: str
     val_loss: list[float] = field(default_factory=list)
     train_loss: float | None = None
+    cache_seconds: float = 0.0  # building the frozen layers' cache (included in ``seconds``)
+    precision_reason: str = ""
 
 
 class LoraTrainer:
@@ -111,10 +119,13 @@ class LoraTrainer:
 
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments
+        from tqdm.auto import tqdm
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
         from ragbot.embedder import resolve_device
+        from ragbot.finetune.prefix import PrefixCache, first_adapted_layer, pad_batch
 
+        start_time = time.perf_counter()
         cfg, out_dir = self.config, Path(out_dir)
         rows = load_examples(Path(data_dir))
         if cfg.max_examples:
@@ -134,38 +145,51 @@ class LoraTrainer:
             raise ConfigError(f"no training example fits max_length={cfg.max_length} tokens; raise max_length")
 
         device = resolve_device(self.device)
-        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" or cpu_has_bf16() else "fp32")
+        precision, why = choose_precision(device, cfg.precision)
+        print(f"training precision: {precision} ({why})", flush=True)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=dtype).to(device)
         n_layers = model.config.num_hidden_layers
         layers = list(range(n_layers - cfg.top_layers, n_layers)) if 0 < cfg.top_layers < n_layers else None
         model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                  target_modules=list(cfg.target_modules), layers_to_transform=layers,
                                                  task_type="CAUSAL_LM"))
+        start = first_adapted_layer(model)
+        cache_seconds = 0.0
+        if cfg.cache_prompt and start > 0:
+            t = time.perf_counter()
+            progress = (lambda it, **kw: tqdm(it, **kw)) if self.show_progress else None
+            for name in encoded:
+                cache = PrefixCache(out_dir / "prefix-cache" / name, progress=progress)
+                encoded[name] = cache.run(model, encoded[name], start, model_name=self.base_model)
+            cache_seconds = time.perf_counter() - t
+            print(f"cached the frozen layers 0-{start - 1} for {sum(map(len, encoded.values()))} examples "
+                  f"in {cache_seconds / 60:.1f} min", flush=True)
         checkpoints = out_dir / "checkpoints"
         args = TrainingArguments(
             output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
             learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio
             lr_scheduler_type="cosine", logging_steps=cfg.log_every, eval_strategy="epoch" if encoded["val"] else "no",
-            # on a GPU autocast keeps the frozen weights' matmuls in bf16; on a CPU the model is loaded in bf16
-            save_strategy="steps", save_steps=20, save_total_limit=2, bf16=device == "cuda" and precision == "bf16",
+            # the frozen weights are loaded in the training precision; autocast adds nothing on top of that
+            save_strategy="steps", save_steps=20, save_total_limit=2,
             use_cpu=device == "cpu", report_to=[], seed=cfg.seed, disable_tqdm=not self.show_progress,
             remove_unused_columns=False, dataloader_num_workers=0,
         )
-        trainer = _trainer_class()(model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["val"] or None,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
-                                                               pad_to_multiple_of=cfg.pad_to_multiple))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        trainer = _trainer_class(start if cfg.cache_prompt and start > 0 else None)(
+            model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["val"] or None,
+            data_collator=lambda batch: pad_batch(batch, pad_id, cfg.pad_to_multiple))
         has_checkpoint = resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-        start = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start_time
 
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)  # the adapter only: a few MB
         val_loss = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
         result = TrainResult(str(out_dir), len(encoded["train"]), len(encoded["val"]), skipped,
-                             trainer.state.global_step, seconds, f"{device} ({precision})", val_loss, output.training_loss)
+                             trainer.state.global_step, seconds, f"{device} ({precision})", val_loss, output.training_loss,
+                             round(cache_seconds, 1), why)
         settings = {"base_model": self.base_model, "config": asdict(cfg), "result": asdict(result),
                     "loss_history": [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]}
         (out_dir / "train_settings.json").write_text(json.dumps(settings, ensure_ascii=False, indent=1))
@@ -173,6 +197,7 @@ class LoraTrainer:
             if (Path(data_dir) / name).exists():
                 shutil.copy(Path(data_dir) / name, out_dir / name)
         shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(out_dir / "prefix-cache", ignore_errors=True)
         return result
 
 
@@ -186,41 +211,44 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def _answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-    """Next-token loss on answer positions only, projecting only those hidden states onto the vocabulary.
+def choose_precision(device: str, requested: str = "auto") -> tuple[str, str]:
+    """``(precision, why)`` for training on ``device``, detected at run time: CPUs of one kind of machine differ."""
+    if requested != "auto":
+        return requested, "set by the precision setting"
+    if device != "cpu":
+        return "bf16", f"{device}"
+    import torch
 
-    The stock loss computes logits for every position (151k-way, most of them masked out anyway); on a
-    CPU that projection and its backward pass were a large share of a step. With ``num_items_in_batch``
-    (the answer tokens of all micro-batches of one optimizer step, as the Trainer counts them) the sum is
-    divided by it, so every answer token weighs the same however the step is split; else the mean.
-    """
-    import torch.nn.functional as F
-
-    lm = model.get_base_model()
-    hidden = lm.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-    labels = inputs["labels"][:, 1:]
-    keep = labels != -100
-    logits = lm.lm_head(hidden[:, :-1][keep])
-    if num_items_in_batch is None:
-        return F.cross_entropy(logits.float(), labels[keep])
-    return F.cross_entropy(logits.float(), labels[keep], reduction="sum") / num_items_in_batch
+    flags = {"AVX512-BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)(),
+             "AMX": getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()}
+    found = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in flags.items())
+    return ("bf16" if cpu_has_bf16() else "fp32"), f"CPU {found}"
 
 
-def _trainer_class() -> Any:
+def _trainer_class(cached_from: int | None) -> Any:
+    """A ``Trainer`` whose loss projects only answer positions and, with ``cached_from``, runs only the decoder
+    layers from that one on, from the cached states of the layers below (:mod:`ragbot.finetune.prefix`)."""
     from transformers import Trainer
+
+    from ragbot.finetune.prefix import cached_answer_loss, full_answer_loss
+
+    def loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        if cached_from is not None:
+            return cached_answer_loss(model, inputs, cached_from, num_items_in_batch)
+        return full_answer_loss(model, inputs, num_items_in_batch)
 
     class AnswerOnlyTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # The Trainer leaves the division by gradient-accumulation steps to a loss that takes
             # num_items_in_batch; the mean per micro-batch alone made the logged loss 8x too large.
-            loss = _answer_loss(model, inputs, num_items_in_batch)
-            return (loss, None) if return_outputs else loss
+            value = loss(model, inputs, num_items_in_batch)
+            return (value, None) if return_outputs else value
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             import torch
 
             with torch.no_grad():
-                return _answer_loss(model, self._prepare_inputs(inputs)).detach(), None, None
+                return loss(model, self._prepare_inputs(inputs)).detach(), None, None
 
     return AnswerOnlyTrainer
 

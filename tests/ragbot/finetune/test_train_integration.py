@@ -47,6 +47,7 @@ def test_a_few_steps_lower_the_loss_and_the_adapter_loads(tiny_data, tmp_path, m
     history = json.loads((tmp_path / "adapter" / "train_settings.json").read_text())["loss_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert result.steps == 12 and len(losses) >= 3
+    assert result.cache_seconds > 0  # the fast path ran: the frozen layers came from the cache
     assert losses[-1] < losses[0] * 0.7, f"loss did not fall: {losses}"
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "adapter" / "data_card.json").exists()
