@@ -248,17 +248,13 @@ def cmd_finetune_data(args: argparse.Namespace) -> int:
     settings = _settings(args)
     held_out = [Path(p) for p in (args.held_out or [p for p in DEFAULT_HELD_OUT if Path(p).exists()])]
     indexes = [Path(p) for p in args.indexes] if args.indexes else [settings.index_path]
-    llm_chunks = args.llm_chunks
-    if llm_chunks is None:  # the LLM question writer is worth it on a GPU; on 2 CPU cores it took ~19 s a chunk
-        from ragbot.embedder import resolve_device
-
-        llm_chunks = 400 if resolve_device(settings.device) == "cuda" else 0
-    card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=llm_chunks,
-                         seed=args.seed, n_passages=args.passages, refusal_ratio=args.refusal_ratio,
-                         max_questions=args.max_questions, max_method_share=args.max_method_share,
-                         combined_share=args.combined_share, progress=tqdm_progress)
-    print(f"{card['examples']} examples {card['by_kind']} written to {args.out} (data card: data_card.md); "
-          f"held-out questions checked: {', '.join(map(str, held_out)) or 'none'}")
+    card = build_dataset(settings, indexes, Path(args.out), held_out_files=held_out, max_llm_chunks=args.llm_chunks,
+                         llm_questions_per_chunk=args.llm_questions, seed=args.seed, n_passages=args.passages,
+                         refusal_ratio=args.refusal_ratio, max_questions=args.max_questions,
+                         max_method_share=args.max_method_share, combined_share=args.combined_share,
+                         progress=tqdm_progress)
+    print(f"{card['examples']} examples {card['by_kind']} (refusals {card['refusal_share']:.0%}) written to {args.out} "
+          f"(data card: data_card.md); held-out questions checked: {', '.join(map(str, held_out)) or 'none'}")
     return 0
 
 
@@ -357,13 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for train.jsonl and the data card")
     p.add_argument("--held-out", action="append", help="evaluation Q&A file whose questions must not be near-duplicated "
                    f"(repeatable; default: {', '.join(DEFAULT_HELD_OUT)} where present)")
-    p.add_argument("--llm-chunks", type=int, default=None, help="chunks per index given to the LLM question writer "
-                   "(default: 400 on a GPU, 0 on CPU: structure-derived questions only)")
-    p.add_argument("--passages", type=int, default=5, help="passages per training example (gold + distractors)")
-    p.add_argument("--refusal-ratio", type=float, default=0.2, help="share of questions that also get a refusal example")
+    p.add_argument("--llm-chunks", type=int, default=500, help="LLM question-writer generations over all indexes, "
+                   "shared out by index size (default 500: ~20 min on a 2-core CPU; 0: structure-derived questions only)")
+    p.add_argument("--llm-questions", type=int, default=2, help="questions the LLM writes per chunk in one generation")
+    p.add_argument("--passages", type=int, default=None,
+                   help="passages per training example (gold + distractors; default: top_k, as at inference)")
+    p.add_argument("--refusal-ratio", type=float, default=0.33,
+                   help="share of single-part questions that also get a refusal example (~22%% of all examples)")
     p.add_argument("--max-questions", type=int, default=0, help="at most this many questions in all (0 = all found)")
     p.add_argument("--max-method-share", type=float, default=0.4,
-                   help="no question type (definition, field, list, ...) above this share of an index's questions")
+                   help="no structure question type (definition, field, list, ...) above this share of an index's "
+                   "structure questions")
     p.add_argument("--combined-share", type=float, default=0.15,
                    help="share of two-part questions (two facts of a chunk, or 'X 和 Y 有什么区别？')")
     p.add_argument("--seed", type=int, default=0)

@@ -7,9 +7,10 @@ Two writers:
   ``**优点**：``, ``**代表**：`` …), bullet lists under a caption ("X 包括哪些？"), declarative
   sentences ("X 是 Y"), and the opening sentences of a section. Each answer is a short span of the
   chunk with its Markdown removed: the style a grounded answer should have.
-* :class:`QuestionWriter` asks the base LLM, in batches, to write a question and a short answer
-  about one chunk; a pair is kept only if the answer is supported by the chunk (most of its
-  character bigrams occur in it) and the question is about the chunk. Worth it on a GPU.
+* :class:`QuestionWriter` asks the base LLM, in batches, to write two questions (``per_chunk``) with
+  short answers about one chunk; a pair is kept only if the answer is supported by the chunk (most of
+  its character bigrams occur in it) and the question is about the chunk. The training-data builder
+  then keeps it only where a sentence of the chunk quotes its answer and retrieval finds the chunk.
 
 :func:`combine` then joins pairs into questions that need two answers (two questions about one
 chunk, or "X 和 Y 有什么区别？" over two chunks), so the model also learns to cite more than one passage.
@@ -41,23 +42,39 @@ class SyntheticQA:
 
 WRITER_SYSTEM = "你是一名出题老师，根据给定的资料出题。"
 WRITER_PROMPT = (
-    "阅读下面的资料，提出一个能直接用资料中的具体内容回答的中文问题，并写出简短的答案（一两句话，使用资料中的原话）。\n"
-    "问题不要出现“资料”“上文”等字眼。\n\n资料：\n{text}\n\n只按如下格式输出：\n问题：……\n答案：……"
+    "阅读下面的资料，提出{n}个不同的、能直接用资料中的具体内容回答的中文问题，并为每个问题写出简短的答案"
+    "（一两句话，照抄资料中的原句）。\n问题不要出现“资料”“上文”等字眼。\n\n资料：\n{text}\n\n只按如下格式输出：\n{form}"
 )
 
-_QA = re.compile(r"问题[:：]\s*(?P<q>.+?)\s*答案[:：]\s*(?P<a>.+)", re.S)
+# "问题1：…答案1：…", also "**问题：**" and "1. 问题：…"; an answer runs to the next question
+_QA = re.compile(r"问题\s*\d*\s*[:：]\s*(?P<q>.+?)\s*答案\s*\d*\s*[:：]\s*(?P<a>.+?)(?=问题\s*\d*\s*[:：]|\Z)", re.S)
+# where an answer stops: a blank line, the next item's number, or another label
+_ANSWER_END = re.compile(r"\n\s*\n|\n\s*\d+[.、)]?\s*$|(?:问题|答案)\s*\d*\s*[:：]")
 _META = ("资料", "上文", "本文", "文中", "这段", "以上")
 
 
-def parse_qa(output: str) -> tuple[str, str] | None:
-    m = _QA.search(output)
-    if not m:
-        return None
-    question = m.group("q").strip().split("\n")[0].strip()
-    if not question.endswith(("？", "?")) and "？" in question:
-        question = question[: question.index("？") + 1]
-    answer = m.group("a").strip().split("\n\n")[0].strip()
-    return question, answer
+def writer_form(n: int) -> str:
+    """The output format the writer is asked for: ``问题1：……`` / ``答案1：……`` lines for ``n`` questions."""
+    if n == 1:
+        return "问题：……\n答案：……"
+    return "\n".join(f"问题{i}：……\n答案{i}：……" for i in range(1, n + 1))
+
+
+def parse_qa(output: str) -> list[tuple[str, str]]:
+    """The (question, answer) pairs in a writer's output, in order, repeats dropped; [] when none parses.
+
+    >>> parse_qa("问题1：LoRA 训练哪些矩阵？\\n答案1：低秩矩阵。\\n\\n**问题2：** 秩常取多少？\\n**答案2：** 8。")
+    [('LoRA 训练哪些矩阵？', '低秩矩阵。'), ('秩常取多少？', '8。')]
+    """
+    pairs = []
+    for m in _QA.finditer(output.replace("**", "")):
+        question = m.group("q").strip().split("\n")[0].strip()
+        if not question.endswith(("？", "?")) and "？" in question:
+            question = question[: question.index("？") + 1]
+        answer = _ANSWER_END.split(m.group("a").strip())[0].strip()
+        if question and answer and question not in (q for q, _ in pairs):
+            pairs.append((question, answer))
+    return pairs
 
 
 def acceptable(question: str, answer: str, chunk_text: str, *, min_answer_support: float = 0.6,
@@ -80,18 +97,23 @@ class QuestionWriter:
     """``QuestionWriter(generate_batch).run(chunks)`` → (pairs, rejection counts).
 
     ``generate_batch(conversations) -> list[str]`` is any batched chat call (``HFChatModel.generate_batch``).
+    One generation asks for ``per_chunk`` questions about a chunk: the chunk's prefill, much of a generation's
+    cost on a CPU, is paid once for all of them. Each question a generation was asked for and did not give
+    (however its output is laid out) counts as ``unparseable``.
     """
 
     def __init__(self, generate_batch: Callable[[list[list[dict]]], list[str]], batch_size: int = 8,
-                 max_chars: int = 500, progress: Callable[..., object] | None = None) -> None:
+                 max_chars: int = 500, per_chunk: int = 2, progress: Callable[..., object] | None = None) -> None:
         self.generate_batch = generate_batch
         self.batch_size = batch_size
         self.max_chars = max_chars
+        self.per_chunk = per_chunk
         self.progress = progress or (lambda it, **kw: it)
 
     def messages(self, chunk: Chunk) -> list[dict]:
-        return [{"role": "system", "content": WRITER_SYSTEM},
-                {"role": "user", "content": WRITER_PROMPT.format(text=chunk.embedding_text()[: self.max_chars])}]
+        text = chunk.embedding_text()[: self.max_chars]
+        prompt = WRITER_PROMPT.format(n=self.per_chunk, text=text, form=writer_form(self.per_chunk))
+        return [{"role": "system", "content": WRITER_SYSTEM}, {"role": "user", "content": prompt}]
 
     def run(self, chunks: Sequence[Chunk]) -> tuple[list[SyntheticQA], dict[str, int]]:
         pairs: list[SyntheticQA] = []
@@ -100,12 +122,15 @@ class QuestionWriter:
         for batch in self.progress(batches, desc="write questions", unit="batch"):
             outputs = self.generate_batch([self.messages(c) for c in batch])
             for chunk, out in zip(batch, outputs):
-                parsed = parse_qa(out)
-                reason = "unparseable" if parsed is None else acceptable(parsed[0], parsed[1], chunk.text)
-                if reason:
-                    rejected[reason] = rejected.get(reason, 0) + 1
-                    continue
-                pairs.append(SyntheticQA(parsed[0], parsed[1], chunk.id, chunk.source, "llm"))
+                parsed = parse_qa(out)[: self.per_chunk]
+                if len(parsed) < self.per_chunk:
+                    rejected["unparseable"] = rejected.get("unparseable", 0) + self.per_chunk - len(parsed)
+                for question, answer in parsed:
+                    reason = acceptable(question, answer, chunk.text)
+                    if reason:
+                        rejected[reason] = rejected.get(reason, 0) + 1
+                    else:
+                        pairs.append(SyntheticQA(question, answer, chunk.id, chunk.source, "llm"))
         return pairs, rejected
 
 
@@ -410,7 +435,7 @@ class StructureQuestions:
         return out
 
 
-def _chunk_distance(a: str, b: str) -> int:
+def chunk_distance(a: str, b: str) -> int:
     """How many chunks apart two chunk ids of one document are (ids end in their position: ``<doc>-0042``)."""
     try:
         return abs(int(a.rsplit("-", 1)[1]) - int(b.rsplit("-", 1)[1]))
@@ -525,7 +550,7 @@ def combine(pairs: Sequence[SyntheticQA], rng: random.Random, *, compound: int, 
     candidates = []
     for ps in definitions.values():
         ps = sorted(ps, key=lambda p: p.chunk_id)
-        candidates += [(a, b) for a, b in zip(ps, ps[1:]) if _chunk_distance(a.chunk_id, b.chunk_id) <= 1
+        candidates += [(a, b) for a, b in zip(ps, ps[1:]) if chunk_distance(a.chunk_id, b.chunk_id) <= 1
                        and a.subject != b.subject]
     for a, b in rng.sample(candidates, min(comparisons, len(candidates))):
         x, y = a.subject, b.subject

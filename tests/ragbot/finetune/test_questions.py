@@ -3,8 +3,8 @@ import random
 import pytest
 
 from ragbot.finetune import balance
-from ragbot.finetune.questions import (DEFINE_TEMPLATES, StructureQuestions, SyntheticQA, combine, first_sentence, plain,
-                                       question_subject, term_forms, topic_of)
+from ragbot.finetune.questions import (DEFINE_TEMPLATES, QuestionWriter, StructureQuestions, SyntheticQA, combine,
+                                       first_sentence, parse_qa, plain, question_subject, term_forms, topic_of)
 from ragbot.types import Chunk
 
 
@@ -166,3 +166,47 @@ def test_balance_caps_the_share_of_any_method(share):
 def test_balance_keeps_everything_when_no_cap_can_meet_the_share():
     pairs = [_pair(f"d{i}", "a", "c") for i in range(10)] + [_pair("s", "a", "c", "sentence")]
     assert balance(pairs, random.Random(0), 0.4) == pairs  # two methods cannot both stay under 40%
+
+
+GOLD = chunk("LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B，秩 r 常取 8。", cid="lora-0001")
+OTHER = chunk("卷积网络用局部连接和权重共享。", cid="cnn-0001")
+
+
+@pytest.mark.parametrize("output", [
+    "问题1：甲是什么？\n答案1：甲是乙。\n问题2：丙是什么？\n答案2：丙是丁。",
+    "1. 问题：甲是什么？\n答案：甲是乙。\n\n2. 问题：丙是什么？\n答案：丙是丁。",
+    "**问题1：** 甲是什么？\n**答案1：** 甲是乙。\n\n**问题2：** 丙是什么？\n**答案2：** 丙是丁。\n\n希望有帮助。",
+    "问题1：甲是什么？答案1：甲是乙。问题2：丙是什么？答案2：丙是丁。",
+])
+def test_parse_qa_reads_two_questions_however_they_are_laid_out(output):
+    assert parse_qa(output) == [("甲是什么？", "甲是乙。"), ("丙是什么？", "丙是丁。")]
+
+
+def test_parse_qa_keeps_what_parses():
+    assert parse_qa("问题1：甲是什么？\n问题2：丙是什么？\n答案1：甲是乙。\n答案2：丙是丁。") == [("甲是什么？", "甲是乙。")]
+    assert parse_qa("问题1：甲是什么？\n答案1：甲是乙。\n问题1：甲是什么？\n答案1：甲是乙。") == [("甲是什么？", "甲是乙。")]
+
+
+def test_question_writer_asks_for_two_questions_per_chunk_and_counts_what_it_drops():
+    outputs = ["问题1：LoRA 训练哪些矩阵？\n答案1：只训练低秩矩阵 A 和 B。\n问题2：根据资料，秩取多少？\n答案2：秩 r 常取 8。",
+               "我不知道。"]
+    asked = []
+
+    def generate_batch(conversations):
+        asked.extend(conversations)
+        return outputs[: len(conversations)]
+
+    pairs, rejected = QuestionWriter(generate_batch, per_chunk=2).run([GOLD, OTHER])
+    assert [(p.question, p.method) for p in pairs] == [("LoRA 训练哪些矩阵？", "llm")]
+    assert rejected == {"question_meta": 1, "unparseable": 2}
+    assert "问题2：" in asked[0][-1]["content"] and GOLD.text in asked[0][-1]["content"]
+
+
+def test_balance_never_caps_an_uncapped_method_but_counts_it():
+    sizes = {"definition": 500, "sentence": 60, "llm": 400}
+    pairs = [_pair(f"{m}{i}", "a", "c", m) for m, n in sizes.items() for i in range(n)]
+    out = balance(pairs, random.Random(0), 0.4, uncapped=("llm",))
+    counts = {m: sum(p.method == m for p in out) for m in sizes}
+    assert counts["llm"] == 400 and counts["sentence"] == 60
+    assert counts["definition"] <= 0.4 * len(out) < counts["definition"] + 1  # as many as the share allows
+    assert sum(p.method == "llm" for p in balance(pairs, random.Random(0), 0.4)) < 400  # capped, they would lose some
