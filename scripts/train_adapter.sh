@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # Reproduce the shipped LoRA adapter (ragbot/assets/adapter) from a fresh clone, in one command:
 #   scripts/train_adapter.sh [SHARED_CORPUS]        (default ../shared/corpus)
-# Steps: install, ingest the bundled corpus/ and the shared corpus, generate training data from their
-# chunks (evaluation questions are used only to drop near-duplicates), train, export the adapter into the repo.
-# The shipped adapter was trained on a 2-core CPU without bf16 instructions (fp32): data ~1 min, training
-# 64 steps (0.75 epoch, LoRA in the last 6 layers) 63 min. On a CPU with AVX512-BF16/AMX it runs in bf16
-# (~3x faster); a GPU is used automatically when present (minutes).
+# It takes hours on a 2-core CPU: run it in the background; it logs to $RAGBOT_HOME/train_adapter.log
+#   nohup scripts/train_adapter.sh > /dev/null 2>&1 &      tail -f data/train_adapter.log
+# Re-running it resumes: a finished data build is kept, training resumes from its checkpoints and its cache
+# of the frozen layers. Generated data, caches and checkpoints stay under $RAGBOT_HOME (default ./data, not in
+# the repo): they hold corpus text.
+# Steps: install, ingest the bundled corpus/ and the shared corpus, write training data from their chunks
+# (evaluation questions are used only to drop near-duplicates), train, export the adapter into the repo.
+# Precision is picked at run time and logged: bf16 on CPUs with AVX512-BF16/AMX (and GPUs), else fp32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared="${1:-../shared/corpus}"
-scripts/setup.sh cpu,ui
 export RAGBOT_HOME="${RAGBOT_HOME:-$PWD/data}"
+mkdir -p "$RAGBOT_HOME"
+log="$RAGBOT_HOME/train_adapter.log"
+exec > >(tee -a "$log") 2>&1
+echo "== $(date -u +%FT%TZ) train_adapter.sh on $(nproc) cores; CPU flags: $(grep -o -w -E 'avx2|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
+start=$(date +%s)
+scripts/setup.sh cpu,ui
 bin=.venv/bin
 $bin/ragbot ingest corpus/ --index "$RAGBOT_HOME/index"
 $bin/ragbot ingest "$shared" --index "$RAGBOT_HOME/index-shared"
-# the bundled corpus's index first: the data card's example rows come from it
-$bin/ragbot finetune data --index "$RAGBOT_HOME/index" --index "$RAGBOT_HOME/index-shared" --out "$RAGBOT_HOME/ft-data" \
-    --llm-chunks 0 --seed 0
-RAGBOT_ADAPTER= $bin/ragbot finetune train --data "$RAGBOT_HOME/ft-data" --out "$RAGBOT_HOME/adapter" --seed 0 \
-    --top-layers 6 --epochs 0.75
+data="$RAGBOT_HOME/ft-data"
+if [ ! -f "$data/data_card.json" ]; then
+  # the bundled corpus's index first: the data card's example rows come from it
+  $bin/ragbot finetune data --index "$RAGBOT_HOME/index" --index "$RAGBOT_HOME/index-shared" --out "$data.partial" --seed 0
+  rm -rf "$data" && mv "$data.partial" "$data"
+fi
+echo "== data ready after $(( ($(date +%s) - start) / 60 )) min"
+RAGBOT_ADAPTER= $bin/ragbot finetune train --data "$data" --out "$RAGBOT_HOME/adapter" --seed 0
 $bin/ragbot finetune export --adapter "$RAGBOT_HOME/adapter" --out ragbot/assets/adapter
+echo "== done in $(( ($(date +%s) - start) / 60 )) min"

@@ -64,27 +64,55 @@ def frozen_prefix(lm: Any, input_ids: Any, start: int) -> Any:
     raise RuntimeError("the decoder never reached its layer {start}")  # pragma: no cover
 
 
-def adapted_suffix(lm: Any, hidden: Any, attention_mask: Any, start: int) -> Any:
+def adapted_suffix(lm: Any, hidden: Any, attention_mask: Any, start: int, *, from_position: int = 0) -> Any:
     """Decoder layers ``start..`` and the final norm on ``hidden`` (batch, seq, dim); positions 0..seq-1 per row
-    (right padding, as the collator pads)."""
+    (right padding, as the collator pads).
+
+    With ``from_position`` P > 0 (one row only), the output is wanted only from position P on (the loss reads
+    answer positions): the last layer then computes keys and values for every position but its queries, output
+    projection and MLP, most of a layer, only for positions P.. (the model's own attention with a KV cache, as in
+    generation). Returns the states of positions P.. only.
+    """
     import torch
+    from transformers import DynamicCache
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     inner = decoder(lm)
     config = inner.config
     positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    mask_args = {"config": config, "inputs_embeds": hidden, "attention_mask": attention_mask, "past_key_values": None,
-                 "position_ids": positions}
     layer_types = list(getattr(config, "layer_types", None) or ["full_attention"] * len(inner.layers))
-    masks = {"full_attention": create_causal_mask(**mask_args)}
-    if "sliding_attention" in layer_types:
-        masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+    makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+
+    def masks(states: Any, mask: Any, pos: Any, cache: Any = None) -> dict[str, Any]:
+        args = {"config": config, "inputs_embeds": states, "attention_mask": mask, "past_key_values": cache,
+                "position_ids": pos}
+        return {t: makers[t](**args) for t in set(layer_types[start:])}
+
     rotary = inner.rotary_emb(hidden, positions)
-    for i in range(start, len(inner.layers)):
-        hidden = inner.layers[i](hidden, attention_mask=masks[layer_types[i]], position_embeddings=rotary,
+    last = len(inner.layers) - 1
+    # (a sliding-window last layer keeps the plain path: its cache would drop the keys the mask expects)
+    split = (0 < from_position < hidden.shape[1] and hidden.shape[0] == 1 and start < last
+             and layer_types[last] == "full_attention")
+    full = masks(hidden, attention_mask, positions)
+    for i in range(start, last if split else last + 1):
+        hidden = inner.layers[i](hidden, attention_mask=full[layer_types[i]], position_embeddings=rotary,
                                  position_ids=positions, use_cache=False)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-    return inner.norm(hidden)
+    if not split:
+        return inner.norm(hidden)[:, from_position:]
+    p, layer = from_position, inner.layers[last]
+    # an explicit (T x T) mask, cut into the rows of each part (an implicit causal mask would align a shorter query
+    # block with the first keys, not the last)
+    explicit = makers[layer_types[last]](config=config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                         past_key_values=None, position_ids=positions, allow_is_causal_skip=False)
+    cache = DynamicCache(config=config)
+    # keys and values of positions 0..P-1 into the cache (their attention output is not needed)
+    layer.self_attn(hidden_states=layer.input_layernorm(hidden[:, :p]), position_embeddings=tuple(r[:, :p] for r in rotary),
+                    attention_mask=explicit[:, :, :p, :p], past_key_values=cache)
+    out = layer(hidden[:, p:], attention_mask=explicit[:, :, p:, :], position_embeddings=tuple(r[:, p:] for r in rotary),
+                position_ids=positions[:, p:], past_key_values=cache, use_cache=True)
+    out = out[0] if isinstance(out, tuple) else out
+    return inner.norm(out)
 
 
 def answer_loss(lm: Any, hidden: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
@@ -111,9 +139,12 @@ def full_answer_loss(lm: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
 
 
 def cached_answer_loss(lm: Any, inputs: dict[str, Any], start: int, num_items_in_batch: Any = None) -> Any:
-    """The same loss from cached prefix states (``inputs["hidden"]``): only layers ``start..`` run."""
-    hidden = adapted_suffix(lm, inputs["hidden"], inputs["attention_mask"], start)
-    return answer_loss(lm, hidden, inputs["labels"], num_items_in_batch)
+    """The same loss from cached prefix states (``inputs["hidden"]``): only layers ``start..`` run, and the last
+    of them only where a prediction is scored (from the position before the first answer token)."""
+    labels = inputs["labels"]
+    first = int((labels[0, 1:] != -100).nonzero()[0, 0]) if labels.shape[0] == 1 and (labels[0, 1:] != -100).any() else 0
+    hidden = adapted_suffix(lm, inputs["hidden"], inputs["attention_mask"], start, from_position=first)
+    return answer_loss(lm, hidden, labels[:, first:], num_items_in_batch)
 
 
 def first_adapted_layer(lm: Any) -> int:

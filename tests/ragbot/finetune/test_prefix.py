@@ -138,3 +138,18 @@ def test_answer_loss_projects_only_answer_positions():
     answer_loss(lm, hidden, batch["labels"])
     handle.remove()
     assert calls == [8]  # 8 answer tokens, each predicted from the position before it
+
+
+def test_the_last_layer_runs_its_mlp_only_from_the_position_before_the_answer(tmp_path):
+    lm = tiny_lora()
+    row = example(40, 8)
+    start = first_adapted_layer(lm)
+    cached = PrefixCache(tmp_path).run(lm, [row], start)
+    widths = []
+    layers = lm.get_base_model().model.layers
+    handle = layers[-1].mlp.register_forward_hook(lambda m, a, out: widths.append(a[0].shape[1]))
+    before = layers[-2].mlp.register_forward_hook(lambda m, a, out: widths.append(a[0].shape[1]))
+    cached_answer_loss(lm, pad_batch(cached, pad_id=0), start)
+    handle.remove()
+    before.remove()
+    assert widths == [40, 9]  # the layer below runs every position; the last one the 8 answer predictions + 1
