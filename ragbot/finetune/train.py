@@ -33,7 +33,9 @@ class TrainConfig:
     # attention and MLP: on a CPU the backward pass runs through these layers' MLPs anyway, so LoRA there is cheap
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     precision: str = "auto"  # auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), bf16, fp32
-    top_layers: int = 4  # LoRA only in the last N decoder layers (0 = all); the layers below are frozen
+    # LoRA only in the last N decoder layers (0 = all); the layers below are frozen. 3 keeps the recipe (~1,550
+    # examples, 2 epochs) near 90 min on a 2-core CPU with bf16 (cache ~2.2 s, epoch ~0.75 s per 1k-token example)
+    top_layers: int = 3
     cache_prompt: bool = True  # run the frozen layers once and train the top ones from their cached output
     learning_rate: float = 2e-4
     epochs: float = 2.0
