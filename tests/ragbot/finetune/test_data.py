@@ -5,7 +5,7 @@ import pytest
 
 from ragbot.finetune.data import (ExampleBuilder, char_ngrams, cite, cite_parts, jaccard, near_duplicates, quotable,
                                   quote_answer, subjects, trim_clauses)
-from ragbot.finetune.questions import SyntheticQA, acceptable, parse_qa, support
+from ragbot.finetune.questions import SyntheticQA, acceptable, support
 from ragbot.finetune.train import TrainConfig, _split, encode_example
 from ragbot.errors import ConfigError
 from ragbot.settings import REFUSAL
@@ -138,8 +138,6 @@ def test_train_config_validation():
 
 
 def test_parse_and_filter_generated_pairs():
-    assert parse_qa("问题：LoRA 训练哪些矩阵？\n答案：低秩矩阵 A 和 B。") == [("LoRA 训练哪些矩阵？", "低秩矩阵 A 和 B。")]
-    assert parse_qa("随便说点什么") == []
     text = GOLD.text
     assert acceptable("LoRA 训练哪些矩阵？", "只训练低秩矩阵 A 和 B。", text) is None
     assert acceptable("LoRA 训练哪些矩阵？", "训练全部参数并使用更大的学习率。", text) == "answer_unsupported"

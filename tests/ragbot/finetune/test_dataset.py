@@ -52,14 +52,16 @@ def shown_passages(user_message):
     return dict(zip(parts[::2], parts[1::2]))
 
 
-def scripted_writer(conversations):
-    """Question 1 asks about the passage's last sentence (its answer quoted from it); question 2 is missing."""
+def scripted_writer(conversations, max_new_tokens=None):
+    """Asked about a passage's last sentence, the writer asks what else there is to its term (the answer is that
+    sentence, quoted); asked about any other sentence, it gives no question."""
     out = []
     for messages in conversations:
-        text = messages[-1]["content"].split("资料：\n", 1)[1].split("\n\n只按", 1)[0]
+        prompt = messages[-1]["content"]
+        text = prompt.split("资料：\n", 1)[1].split("\n\n句子：", 1)[0]
+        sentence = prompt.split("\n\n句子：", 1)[1].split("\n问题：", 1)[0]
         term = re.search(r"^# (.+?)（", text, re.M).group(1)
-        detail = text.strip().splitlines()[-1]
-        out.append(f"问题1：{term}还有什么要点？\n答案1：{detail}\n问题2")
+        out.append(f"问题：{term}中{sentence[:6]}是怎样的？" if sentence in text.strip().splitlines()[-1] else "好的。")
     return out
 
 
@@ -67,7 +69,7 @@ def test_the_card_counts_every_filter_and_the_refusal_share(ft_index, tmp_path):
     from ragbot.testing import FakeEmbedder
 
     held_out = tmp_path / "qa.jsonl"
-    held_out.write_text(json.dumps({"id": "1", "question": "LoRA还有什么要点？", "answer": "略。", "evidence": "略。"},
+    held_out.write_text(json.dumps({"id": "1", "question": "LoRA中秩 r 通常是怎样的？", "answer": "略。", "evidence": "略。"},
                                    ensure_ascii=False) + "\n", encoding="utf-8")
     out = tmp_path / "ft"
     card = build_dataset(ft_index, [ft_index.index_path], out, held_out_files=[held_out], max_llm_chunks=9,
@@ -77,11 +79,12 @@ def test_the_card_counts_every_filter_and_the_refusal_share(ft_index, tmp_path):
     for name in ("unparseable", "duplicate_question", "method_share_cap", "near_duplicate_of_held_out", "gold_missing",
                  "not_retrievable", "quote_not_found", "too_few_distractors", "refusal_skipped_topic_present"):
         assert isinstance(dropped[name], int), name
-    assert dropped["unparseable"] == card["sources"][src]["llm_chunks"] == 9  # one question of two per generation
-    assert dropped["near_duplicate_of_held_out"] == 1  # "LoRA还有什么要点？" is an evaluation question
+    assert dropped["unparseable"] == card["sources"][src]["llm_chunks"] == 9  # asked about two sentences a chunk, it answers one
+    assert dropped["near_duplicate_of_held_out"] == 1  # "LoRA中秩 r 通常是怎样的？" is an evaluation question
     assert card["dropped"] == dropped  # one index: the totals are its counts
     written = card["sources"][src]["pairs_found_by_method"]["llm"]
-    judged = ("question_form", "question_meta", "answer_length", "answer_unsupported", "question_off_topic")
+    judged = ("question_form", "question_meta", "answer_length", "answer_unsupported", "question_off_topic",
+              "question_restates_answer", "question_off_sentence")
     assert written + sum(dropped.get(k, 0) for k in judged) == 9  # every parsed question kept or counted
 
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -96,7 +99,7 @@ def test_the_card_counts_every_filter_and_the_refusal_share(ft_index, tmp_path):
         if r["kind"] == "answer":  # every quote is verbatim in the passage its marker names
             for quote, n in re.findall(r"([^；。]+?) \[(\d+)\]", r["target"]):
                 assert quote in quotable(passages[n])
-    assert "LoRA还有什么要点？" not in (out / "questions.jsonl").read_text(encoding="utf-8")
+    assert "LoRA中秩 r 通常是怎样的？" not in (out / "questions.jsonl").read_text(encoding="utf-8")
     markdown = (out / "data_card.md").read_text(encoding="utf-8")
     assert "dropped, by filter" in markdown and "'unparseable': 9" in markdown and "refusals" in markdown
 

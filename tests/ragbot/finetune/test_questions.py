@@ -4,7 +4,8 @@ import pytest
 
 from ragbot.finetune import balance
 from ragbot.finetune.questions import (DEFINE_TEMPLATES, QuestionWriter, StructureQuestions, SyntheticQA, combine,
-                                       first_sentence, parse_qa, plain, question_subject, term_forms, topic_of)
+                                       first_sentence, parse_question, plain, question_subject, quotable_sentences,
+                                       term_forms, topic_of)
 from ragbot.types import Chunk
 
 
@@ -172,34 +173,36 @@ GOLD = chunk("LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B，秩 r
 OTHER = chunk("卷积网络用局部连接和权重共享。", cid="cnn-0001")
 
 
-@pytest.mark.parametrize("output", [
-    "问题1：甲是什么？\n答案1：甲是乙。\n问题2：丙是什么？\n答案2：丙是丁。",
-    "1. 问题：甲是什么？\n答案：甲是乙。\n\n2. 问题：丙是什么？\n答案：丙是丁。",
-    "**问题1：** 甲是什么？\n**答案1：** 甲是乙。\n\n**问题2：** 丙是什么？\n**答案2：** 丙是丁。\n\n希望有帮助。",
-    "问题1：甲是什么？答案1：甲是乙。问题2：丙是什么？答案2：丙是丁。",
-])
-def test_parse_qa_reads_two_questions_however_they_are_laid_out(output):
-    assert parse_qa(output) == [("甲是什么？", "甲是乙。"), ("丙是什么？", "丙是丁。")]
+@pytest.mark.parametrize("output", ["问题：甲是什么？", "**问题1：** 甲是什么？\n答案：甲是乙。", "甲是什么？还有吗？",
+                                    "好的，问题如下。\n甲是什么？"])
+def test_parse_question_takes_the_first_question_however_it_is_labelled(output):
+    assert parse_question(output) == "甲是什么？"
 
 
-def test_parse_qa_keeps_what_parses():
-    assert parse_qa("问题1：甲是什么？\n问题2：丙是什么？\n答案1：甲是乙。\n答案2：丙是丁。") == [("甲是什么？", "甲是乙。")]
-    assert parse_qa("问题1：甲是什么？\n答案1：甲是乙。\n问题1：甲是什么？\n答案1：甲是乙。") == [("甲是什么？", "甲是乙。")]
+def test_parse_question_without_a_question_mark_is_none():
+    assert parse_question("甲是乙。") is None and parse_question("") is None
 
 
-def test_question_writer_asks_for_two_questions_per_chunk_and_counts_what_it_drops():
-    outputs = ["问题1：LoRA 训练哪些矩阵？\n答案1：只训练低秩矩阵 A 和 B。\n问题2：根据资料，秩取多少？\n答案2：秩 r 常取 8。",
-               "我不知道。"]
+def test_quotable_sentences_are_prose_without_markup_headings_or_code():
+    text = "## LoRA 原理\n**LoRA** 冻结预训练权重，只训练低秩矩阵 A 和 B。\n| 秩 | 显存 |\n`lora_r = 8` 是常见设置。\n短句。\nLoRA 为什么省显存？"
+    assert quotable_sentences(text) == ["LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B。"]
+
+
+def test_question_writer_asks_about_a_sentence_and_keeps_it_as_the_answer():
+    outputs = iter(["问题：LoRA 训练哪些矩阵？", "根据资料，秩取多少？", "我不知道。", "池化层把特征图缩小一半吗？"])
     asked = []
 
-    def generate_batch(conversations):
+    def generate_batch(conversations, max_new_tokens=None):
         asked.extend(conversations)
-        return outputs[: len(conversations)]
+        return [next(outputs) for _ in conversations]
 
-    pairs, rejected = QuestionWriter(generate_batch, per_chunk=2).run([GOLD, OTHER])
-    assert [(p.question, p.method) for p in pairs] == [("LoRA 训练哪些矩阵？", "llm")]
-    assert rejected == {"question_meta": 1, "unparseable": 2}
-    assert "问题2：" in asked[0][-1]["content"] and GOLD.text in asked[0][-1]["content"]
+    gold = chunk("LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B。\n秩 r 常取 8，再大收益就很小了。", cid="lora-0001")
+    other = chunk("卷积网络用局部连接和权重共享，参数因此少得多。\n池化层把特征图缩小一半。", cid="cnn-0001")
+    pairs, rejected = QuestionWriter(generate_batch, per_chunk=2, batch_size=3).run([gold, other])
+    assert [(p.question, p.answer, p.method) for p in pairs] == [
+        ("LoRA 训练哪些矩阵？", "LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B。", "llm")]
+    assert rejected == {"question_meta": 1, "unparseable": 1, "question_restates_answer": 1}
+    assert "句子：LoRA 冻结预训练权重，只训练低秩矩阵 A 和 B。" in asked[0][-1]["content"] and len(asked) == 4
 
 
 def test_balance_never_caps_an_uncapped_method_but_counts_it():
