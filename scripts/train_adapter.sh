@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the shipped LoRA adapter (ragbot/assets/adapter) from a fresh clone, in one command:
+# Train the LoRA adapter (quote-and-cite recipe) from a fresh clone and export it to ragbot/assets/adapter, in one command.
+# (The adapter shipped today is older: it came from this script at commit 978a49d, 747 structure-question examples;
+#  the recipe below has not yet produced one that beats the base model, see README "Fine-tuning the answerer".)
 #   scripts/train_adapter.sh [SHARED_CORPUS]        (default ../shared/corpus)
 # It takes hours on a 2-core CPU: run it in the background; it logs to $RAGBOT_HOME/train_adapter.log
 #   nohup scripts/train_adapter.sh > /dev/null 2>&1 &      tail -f data/train_adapter.log
