@@ -353,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for train.jsonl and the data card")
     p.add_argument("--held-out", action="append", help="evaluation Q&A file whose questions must not be near-duplicated "
                    f"(repeatable; default: {', '.join(DEFAULT_HELD_OUT)} where present)")
-    p.add_argument("--llm-chunks", type=int, default=500, help="LLM question-writer generations over all indexes, "
-                   "shared out by index size (default 500: ~20 min on a 2-core CPU; 0: structure-derived questions only)")
-    p.add_argument("--llm-questions", type=int, default=2, help="questions the LLM writes per chunk in one generation")
+    p.add_argument("--llm-chunks", type=int, default=500, help="chunks given to the LLM question writer over all "
+                   "indexes, shared out by index size (0: structure-derived questions only)")
+    p.add_argument("--llm-questions", type=int, default=2,
+                   help="sentences per chunk the LLM writes a question for (one generation each)")
     p.add_argument("--passages", type=int, default=None,
                    help="passages per training example (gold + distractors; default: top_k, as at inference)")
     p.add_argument("--refusal-ratio", type=float, default=0.33,

@@ -29,23 +29,21 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
     """Write ``questions.jsonl``, ``train.jsonl`` and a data card to ``out_dir``; return the card.
 
     Per index: questions from the chunks' structure, no structure question type above ``max_method_share``
-    of the index's questions; questions from the LLM writer (``llm_questions_per_chunk`` per generation) about the index's share
-    of ``max_llm_chunks`` (shared out by index size; prose chunks with the fewest structure questions first);
+    of the index's questions; questions from the LLM writer (about ``llm_questions_per_chunk`` sentences of each
+    chunk) for the index's share of ``max_llm_chunks`` (shared out by index size; prose chunks with the fewest structure questions first);
     plus ``combined_share`` of two-part questions; near-duplicates of held-out questions dropped; at most
     ``max_questions`` in all (0 = no cap), shared out over the indexes by their size. Examples keep a question
     only where a sentence of its gold passage quotes the answer and retrieval puts the gold chunk in the top
     ``n_passages`` (``settings.top_k``), for every question source: one that retrieval misses would never reach
     the model. Every filter's count is in the card (``filters``, ``dropped``), with the refusal share.
 
-    Budget, for the bundled corpus (~190 chunks) with the shared one (~730): structure questions give ~730
-    pairs plus ~100 two-part ones; the quote filter keeps ~99% of them (measured on both corpora) and the
-    retrieval filter ~90% (measured on 150 of the shared corpus's): ~750 answer examples. The LLM writes the
-    rest: 500 generations of 2 questions (1,000 questions) at an assumed ~45% kept (parsed, supported, quoted,
-    retrievable) give ~450 more; refusals for 0.33 of the ~1,100 single-part questions add ~360 (~23% of all
-    examples): ~1,550 in all. On a 2-core CPU a question costs ~1-2 s in batches of 8, less when two share a
-    generation's prefill: ~17-25 min for the LLM, a few minutes for retrieval and the rest, within 30 min.
-    The card reports the real yields (``dropped``): where the examples fall short, raise ``max_llm_chunks``
-    (each 100 generations ~ +110 examples, ~4-5 min).
+    Yields measured over the bundled corpus (~190 chunks) with the shared one (~730): structure questions give
+    ~730 pairs plus ~100 two-part ones, of which ~630 became answer examples; refusals for 0.33 of the
+    single-part questions made 25% of all examples. The earlier LLM writer (two free-form Q/A pairs per
+    generation) kept 58 of 918 questions, so that build had 905 examples; the sentence-conditioned writer
+    (:class:`~ragbot.finetune.questions.QuestionWriter`) kept 5 of 8 on a sample, untested at scale. On a
+    2-core CPU a batch of 8 generations took ~18-25 s. The card reports the real yields (``dropped``): where the
+    examples fall short, raise ``max_llm_chunks``.
     """
     from ragbot.evaluation.runner import load_qa
     from ragbot.finetune.data import ExampleBuilder, near_duplicates

@@ -61,7 +61,7 @@ def frozen_prefix(lm: Any, input_ids: Any, start: int) -> Any:
         return reached.hidden
     finally:
         handle.remove()
-    raise RuntimeError("the decoder never reached its layer {start}")  # pragma: no cover
+    raise RuntimeError(f"the decoder never reached its layer {start}")  # pragma: no cover
 
 
 def adapted_suffix(lm: Any, hidden: Any, attention_mask: Any, start: int, *, from_position: int = 0) -> Any:
