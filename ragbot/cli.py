@@ -71,6 +71,8 @@ def _render(stream, out) -> None:
         out.write("\n")
     else:
         out.write(answer.text + "\n")
+    if answer.finish_reason == "length":
+        out.write("（回答达到长度上限 max_new_tokens，被截断）\n")
     if answer.refused:
         if answer.refused_by.startswith("gate:"):
             out.write(f"（知识库中没有出现：{answer.refused_by[5:].strip()}）\n")

@@ -51,3 +51,7 @@ class QuestionTooLongError(ConfigError):
     def __init__(self, message: str, length: int = 0, limit: int = 0) -> None:
         super().__init__(message)
         self.length, self.limit = length, limit
+
+
+class LLMServerError(RagbotError):
+    """An LLM server (``llm = "openai:..."``) could not be reached or failed; the message says what to do."""

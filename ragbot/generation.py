@@ -13,6 +13,7 @@ that showed the stream then shows the final text instead (the web app and ``ragb
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator as Gen, Iterator, Sequence
 
@@ -145,8 +146,14 @@ class Generator:
         t0 = time.perf_counter()
         first = None
         citable = len(passages) if self.valid_markers else 0
-        for delta in self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                            citable=citable):
+        deltas = self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                        citable=citable)
+        while True:
+            try:
+                delta = next(deltas)
+            except StopIteration as stop:  # a backend's stream may return why it stopped ("length": cut short)
+                finish = stop.value if isinstance(stop.value, str) else ""
+                break
             if first is None:
                 first = time.perf_counter()
             raw.append(delta)
@@ -158,5 +165,6 @@ class Generator:
             yield tail
         end = time.perf_counter()
         timings = {"first_token_ms": ((first or end) - t0) * 1000, "generate_ms": (end - t0) * 1000}
-        return _answer(question, "".join(raw), filt, passages, timings, align=self.align)
+        answer = _answer(question, "".join(raw), filt, passages, timings, align=self.align)
+        return dataclasses.replace(answer, finish_reason=finish) if finish else answer
 

@@ -81,7 +81,9 @@ class ModelCache:
             model.warm_up()
             return model
 
-        return self._get(self._llms, (settings.llm, settings.adapter, settings.llm_precision, settings.device), load)
+        from ragbot.llm import cache_key
+
+        return self._get(self._llms, cache_key(settings), load)
 
     def preload(self, settings: Settings) -> None:
         """Load the default embedder and LLM in a background thread (once), so the first question does not wait."""

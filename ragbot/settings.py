@@ -24,6 +24,7 @@ from ragbot.errors import ConfigError
 BUNDLED_EMBEDDER = "bundle:multilingual-e5-small"
 BUNDLED_LLM = "bundle:qwen2.5-coder-0.5b-instruct"
 REFUSAL = "资料中没有相关信息"
+SECRETS = frozenset({"llm_api_key"})  # settings never written or shown anywhere
 
 
 def _default_home() -> Path:
@@ -38,8 +39,17 @@ class Settings:
 
     # models
     embedder: str = BUNDLED_EMBEDDER
-    llm: str = BUNDLED_LLM
+    llm: str = BUNDLED_LLM  # a transformers spec (bundle:, folder, hub id), or "openai:MODEL" (a server, below)
     adapter: str = ""  # a LoRA adapter folder applied on top of ``llm``; empty for none
+    # an OpenAI-compatible server (llm = "openai:MODEL"): vLLM, Ollama, llama.cpp's server, a hosted API
+    llm_base_url: str = ""  # e.g. http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:11434/v1 (Ollama)
+    llm_api_key: str = field(default="", repr=False)  # secret: never logged, never in to_dict() (manifests, records)
+    llm_connect_timeout_s: float = 5.0  # to open the connection
+    llm_first_token_timeout_s: float = 120.0  # from the request to the first streamed piece (prefill, queueing)
+    llm_timeout_s: float = 60.0  # the longest silence between two streamed pieces after the first
+    llm_concurrency: int = 4  # requests in flight to one server from this process; more wait their turn
+    llm_retries: int = 2  # retries of a request that failed before its first token (never after)
+    llm_context_window: int = 0  # the served model's context in tokens; 0 asks the server (/v1/models)
     reranker: str = "ltr"  # "ltr" (shipped learned-to-rank), "ltr:<model.json>", "cross-encoder:<hub id or path>", "none"
     allow_downloads: bool = False
     device: str = "auto"  # auto, cpu, cuda
@@ -96,9 +106,18 @@ class Settings:
             )
         if self.temperature < 0:
             raise ConfigError(f"temperature ({self.temperature}) must be >= 0 (0 means greedy decoding)")
-        for name in ("lock_timeout_s", "version_grace_s", "keep_versions"):
+        for name in ("lock_timeout_s", "version_grace_s", "keep_versions", "llm_retries", "llm_context_window"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be >= 0")
+        for name in ("llm_connect_timeout_s", "llm_first_token_timeout_s", "llm_timeout_s", "llm_concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be greater than 0")
+        if self.llm.startswith("openai:"):
+            if not self.llm[len("openai:"):].strip():
+                raise ConfigError(f"llm ({self.llm!r}) names no model: write openai:MODEL, e.g. openai:qwen2.5")
+            if not self.llm_base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"llm_base_url ({self.llm_base_url!r}) must be the server's http(s) URL for "
+                                  f"llm = {self.llm!r}, e.g. http://127.0.0.1:8000/v1 (set RAGBOT_LLM_BASE_URL)")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads ({self.num_threads}) must be >= 0 (0 keeps torch's default)")
         choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain"),
@@ -123,7 +142,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """Every setting but the secrets (:data:`SECRETS`): what manifests, evaluation records and the web app show."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
+                if k not in SECRETS}
 
     @classmethod
     def load(cls, config_file: Path | str | None = None, env: typing.Mapping[str, str] | None = None,

@@ -101,6 +101,7 @@ class Answer:
     aligned_citations: int = 0  # citations added by lexical alignment because the model gave none
     repointed_citations: int = 0  # citations moved to the passage that supports their sentence
     refused_by: str = ""  # "model", or "gate: <missing terms>" when refused before generation
+    finish_reason: str = ""  # why generation stopped: "stop", "length" (cut at max_new_tokens), "loop"; "" unknown
     retrieval: Retrieval | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -125,5 +126,6 @@ class Answer:
             "invalid_citation_markers": self.invalid_markers,
             "aligned_citations": self.aligned_citations,
             "repointed_citations": self.repointed_citations,
+            "finish_reason": self.finish_reason,
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }

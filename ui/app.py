@@ -21,6 +21,7 @@ import streamlit as st  # noqa: E402
 
 from ragbot.errors import RagbotError  # noqa: E402
 from ragbot.kb import KnowledgeBase  # noqa: E402
+from ragbot.llm import describe as describe_llm  # noqa: E402
 from ragbot.models import ModelCache  # noqa: E402
 from ragbot.settings import Settings  # noqa: E402
 from ragbot.store import IndexStore  # noqa: E402
@@ -72,7 +73,7 @@ def sidebar(base: Settings, variants: dict[str, Variant], models: ModelCache) ->
                 st.caption(f"知识库无法打开：{md_escape(str(e))}")
         else:
             st.caption("知识库：尚未建立")
-        st.caption(f"嵌入模型：{md_code(base.embedder)}  \n大模型：{md_code(base.llm)}")
+        st.caption(f"嵌入模型：{md_code(base.embedder)}  \n大模型：{md_code(describe_llm(base))}")
         loaded = models.loaded()
         st.caption("已加载：" + (md_escape("、".join(loaded)) if loaded else "（正在后台加载…）"))
         if models.preload_error:

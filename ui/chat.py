@@ -129,6 +129,8 @@ def render_answer(turn: Turn, index: int, store: Any) -> None:
             st.html(sources_html(source_views(turn.answer, store), index))
         else:
             st.caption("（这个回答没有引用资料）")
+        if turn.answer.finish_reason == "length":
+            st.caption("（回答达到长度上限 max_new_tokens，被截断）")
     total = turn.answer.timings_ms.get("total_ms") if turn.answer is not None else None
     st.caption(f"方案 {md_escape(turn.variant)}" + (f" · 用时 {(total + turn.rewrite_ms) / 1000:.1f} 秒" if total else ""))
     render_debug(turn)

@@ -84,6 +84,7 @@ class Record:
     invalid_citation_markers: int = 0
     aligned_citations: int = 0
     repointed_citations: int = 0
+    finish_reason: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     ranking: list[str] = field(default_factory=list)  # chunk ids retrieved, RETRIEVAL_DEPTH deep
     evidence_rank: int | None = None

@@ -1,6 +1,7 @@
 """What every LLM backend offers ragbot: the :class:`ChatModel` protocol, and the loop check they share.
 
-A backend takes chat messages and returns text, whole or streamed. ``citable`` > 0 asks it to let a
+A backend takes chat messages and returns text, whole or streamed; a stream may end by returning why it
+stopped (``"length"``: cut at ``max_new_tokens``), which the answer records. ``citable`` > 0 asks it to let a
 citation marker name only passages 1..citable where it can constrain decoding (the transformers
 backend does, with a logits processor); the :class:`~ragbot.generation.Generator` cleans markers
 afterwards in any case, so a backend that cannot constrain stays correct.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 from ragbot.citations import CLOSE, OPEN
@@ -274,8 +274,9 @@ class HFChatModel:
         return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
 
     def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               citable: int = 0) -> Iterator[str]:
-        """Yield the reply as it is decoded. ``citable`` > 0: markers may only name passages 1..citable."""
+               citable: int = 0) -> Generator[str, None, str]:
+        """Yield the reply as it is decoded, then return why it stopped ("length" at ``max_new_tokens``, else
+        "stop"). ``citable`` > 0: markers may only name passages 1..citable."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -284,12 +285,14 @@ class HFChatModel:
         prompt_len = inputs["input_ids"].shape[1]
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         errors: list[BaseException] = []
+        generated: list[int] = []
 
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**inputs, streamer=streamer, stopping_criteria=self._stopping(prompt_len),
-                                        **self._gen_kwargs(max_new_tokens, temperature, citable, prompt_len))
+                    out = self.model.generate(**inputs, streamer=streamer, stopping_criteria=self._stopping(prompt_len),
+                                              **self._gen_kwargs(max_new_tokens, temperature, citable, prompt_len))
+                generated.append(int(out.shape[1]) - prompt_len)
             except BaseException as e:  # surface generation errors in the caller's thread
                 errors.append(e)
                 streamer.end()
@@ -301,6 +304,7 @@ class HFChatModel:
             thread.join()
         if errors:
             raise errors[0]
+        return "length" if generated and generated[0] >= max_new_tokens else "stop"
 
     def generate_batch(self, conversations: list[list[Message]], *, max_new_tokens: int = 256,
                        temperature: float = 0.0) -> list[str]:

@@ -11,7 +11,8 @@ def test_answer_to_dict_shape():
                     invalid_markers=1, refused_by="", timings_ms={"retrieval_ms": 1.234})
     d = json.loads(json.dumps(answer.to_dict(), ensure_ascii=False))
     assert set(d) == {"question", "answer", "refused", "refused_by", "citations", "hits", "raw_answer",
-                      "invalid_citation_markers", "aligned_citations", "repointed_citations", "timings_ms"}
+                      "invalid_citation_markers", "aligned_citations", "repointed_citations", "finish_reason",
+                      "timings_ms"}
     assert d["citations"][0] == {"n": 1, "chunk_id": "c1", "source": "a.md", "page": 2, "heading": "H", "text": "文本"}
     assert d["hits"][0]["score"] == 0.5 and d["hits"][0]["stage"] == "fused" and d["timings_ms"]["retrieval_ms"] == 1.2
     assert d["invalid_citation_markers"] == 1 and d["answer"] == "答 [1]"
