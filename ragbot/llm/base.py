@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+from ragbot.prompt import ZWSP
 from ragbot.types import Message
 
 
@@ -41,3 +42,22 @@ def degenerate(token_ids: Sequence[int], text_tail: str, ngram: int = 8, repeats
     tail = tuple(token_ids[-ngram:])
     hits = sum(1 for i in range(len(token_ids) - ngram + 1) if tuple(token_ids[i:i + ngram]) == tail)
     return hits >= repeats
+
+
+def control_pattern(tokens) -> re.Pattern[str]:
+    """A pattern for the control-token strings ``tokens`` (``<|im_end|>``, ``<tool_call>``, ``[INST]``), longest
+    first; one-character tokens are left out (an insertion cannot break them)."""
+    kept = sorted({t for t in tokens if len(t) > 1}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, kept)) or r"(?!)")  # (?!) matches nothing
+
+
+def neutralize_controls(messages: list[Message], controls: re.Pattern[str]) -> list[Message]:
+    """``messages`` with every match of ``controls`` broken by a zero-width space after its first character.
+
+    The chat template then places the only control tokens in the prompt; without this, a document's
+    ``<tool_call>`` or ``<|im_start|>`` would be tokenised as the real special token.
+    """
+    def brk(m: re.Match[str]) -> str:
+        return m[0][0] + ZWSP + m[0][1:]
+
+    return [{**m, "content": controls.sub(brk, m["content"])} for m in messages]

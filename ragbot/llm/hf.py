@@ -17,93 +17,32 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 
-from ragbot.citations import CLOSE, OPEN
 from ragbot.errors import ConfigError
-from ragbot.llm.base import degenerate
-from ragbot.prompt import ZWSP
+from ragbot.llm.base import control_pattern, degenerate, neutralize_controls
+from ragbot.llm.constraints import MarkerRules, MarkerVocab
 from ragbot.settings import Settings
 from ragbot.types import Message
 
 
-@dataclass(frozen=True)
-class MarkerVocab:
-    """Vocabulary ids the generation constraints need, from one decoding pass over the vocabulary."""
-
-    lead: frozenset[int]  # open a marker after spaces ("[", " [1"): never an answer's first token
-    closing: frozenset[int]  # end with a closing bracket: never followed by a parenthesis
-    paren: frozenset[int]  # open a parenthesis
-    opens: frozenset[int]  # just an opening bracket, after spaces or closing brackets: " [", "[", "]["
-    chained: frozenset[int]  # the "][" kind of ``opens``: a marker right after another
-    digits: tuple[int, ...]  # the tokens "1".."9" (index 0 is "1"), or empty when the tokenizer merges digits
-    closes_first: frozenset[int]  # start with a closing bracket: "]", "]。", "]["
-    word_end: frozenset[int]  # end with an ASCII letter, digit or "_": a bracket after them is code or maths
-
-
 def marker_token_ids(tokenizer) -> MarkerVocab:
-    """The token sets the generation constraints below need (one decoding pass over the vocabulary)."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    open_, close = OPEN, CLOSE
-
-    def ids(keep) -> frozenset[int]:
-        return frozenset(i for i, t in enumerate(texts) if t and keep(t))
-
-    def just_open(t: str) -> bool:
-        t = t.strip(" ")
-        return bool(t) and t[-1] in open_ and all(c in close for c in t[:-1])
-
-    by_text = {t: i for i, t in enumerate(texts)}
-    digits = tuple(by_text[str(d)] for d in range(1, 10)) if all(str(d) in by_text for d in range(1, 10)) else ()
-    return MarkerVocab(
-        lead=ids(lambda t: t.lstrip().startswith(tuple(open_))),
-        closing=ids(lambda t: t.rstrip().endswith(tuple(close))),
-        paren=ids(lambda t: t.lstrip().startswith(("（", "("))),
-        opens=ids(just_open), chained=ids(lambda t: just_open(t) and t.strip(" ")[0] in close),
-        digits=digits, closes_first=ids(lambda t: t[0] in close),
-        word_end=ids(lambda t: t[-1].isascii() and (t[-1].isalnum() or t[-1] == "_")))
-
-
-def in_code(text: str) -> bool:
-    """Whether the end of ``text`` is inside a code fence or an inline code span."""
-    if text.count("```") % 2:
-        return True
-    return text.replace("```", "").count("`") % 2 == 1
+    """The token sets the generation constraints need (one decoding pass over the vocabulary)."""
+    return MarkerVocab.from_texts(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
 
 
 def valid_markers(vocab: MarkerVocab, citable: int, prompt_len: int, decode):
-    """A logits processor: a citation marker the model opens names a passage it was given.
-
-    After an opening bracket (one that starts a marker: not after a word, as in ``E[X]`` or ``x[0]``, and
-    not inside code) only the digits 1..``citable`` may follow, and after that digit only a closing
-    bracket. The fine-tuned model otherwise wrote markers like "[6]" for five passages or "[1,2,3,0]",
-    which cleaning had to remove. Single digits only, so ``citable`` is capped at 9. ``decode`` turns
-    generated ids into text, for the code check.
-    """
+    """A logits processor for :meth:`MarkerRules.allowed <ragbot.llm.constraints.MarkerRules.allowed>`: a
+    citation marker the model opens names a passage it was given (1..``citable``)."""
     import torch
     from transformers import LogitsProcessor
 
-    digits = vocab.digits[:max(0, min(citable, 9))]
-    allowed_digits, digit_set = list(digits), set(digits)
-    closes = sorted(vocab.closes_first)
-
-    def marker_opener(row: list[int], pos: int, seq) -> bool:
-        """Whether row[pos] (negative; ``row`` ends ``seq``) is a generated bracket opening a citation marker."""
-        if -pos > seq.shape[0] - prompt_len or row[pos] not in vocab.opens:
-            return False
-        if row[pos] not in vocab.chained and len(row) >= -pos + 1 and row[pos - 1] in vocab.word_end:
-            return False
-        return not in_code(decode(seq[prompt_len:seq.shape[0] + pos + 1].tolist()))
+    rules = MarkerRules(vocab, citable, decode)
 
     class ValidMarkers(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            # only the last three ids per step as Python ints: the prompt (~1,500 ids) is decoded on a bracket only
-            for b, row in enumerate(input_ids[:, -3:].tolist()):
-                if marker_opener(row, -1, input_ids[b]):
-                    allowed = allowed_digits
-                elif len(row) >= 2 and row[-1] in digit_set and marker_opener(row, -2, input_ids[b]):
-                    allowed = closes
-                else:
+            for b, row in enumerate(input_ids[:, prompt_len:].tolist()):
+                allowed = rules.allowed(row)
+                if allowed is None:
                     continue
                 keep = torch.full_like(scores[b], float("-inf"))
                 keep[allowed] = scores[b, allowed]
@@ -147,20 +86,7 @@ def control_tokens(tokenizer) -> re.Pattern[str]:
     ``<|im_end|>``, ``<tool_call>``, ``[INST]``, ``<s>``.
     """
     added = {t for t in tokenizer.get_added_vocab() if not t.isspace() and not t.isalnum()}
-    tokens = sorted((t for t in added | set(tokenizer.all_special_tokens) if len(t) > 1), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, tokens)) or r"(?!)")  # (?!) matches nothing
-
-
-def neutralize_controls(messages: list[Message], controls: re.Pattern[str]) -> list[Message]:
-    """``messages`` with every match of ``controls`` broken by a zero-width space after its first character.
-
-    The chat template then places the only control tokens in the prompt; without this, a document's
-    ``<tool_call>`` or ``<|im_start|>`` would be tokenised as the real special token.
-    """
-    def brk(m: re.Match[str]) -> str:
-        return m[0][0] + ZWSP + m[0][1:]
-
-    return [{**m, "content": controls.sub(brk, m["content"])} for m in messages]
+    return control_pattern(added | set(tokenizer.all_special_tokens))
 
 
 class HFChatModel:

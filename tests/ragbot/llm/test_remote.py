@@ -304,3 +304,19 @@ def test_the_llm_setting_picks_the_backend_and_says_which(server):
            "RAGBOT_LLM_CONCURRENCY": "2", "RAGBOT_LLM_TIMEOUT_S": "30"}
     loaded = Settings.load(None, env=env)
     assert (loaded.llm_api_key, loaded.llm_concurrency, loaded.llm_timeout_s) == (KEY, 2, 30.0)
+
+
+def test_prepare_check_says_whether_the_server_answers(server, tmp_path, monkeypatch, capsys):
+    from ragbot.cli import main
+
+    monkeypatch.setenv("RAGBOT_HOME", str(tmp_path))
+    monkeypatch.setenv("RAGBOT_LLM", "openai:qwen")
+    monkeypatch.setenv("RAGBOT_LLM_BASE_URL", server.url)
+    monkeypatch.setenv("RAGBOT_LLM_API_KEY", KEY)
+    assert main(["prepare", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert f"OpenAI-compatible server · qwen @ {server.url}: served at {server.url} (context 4096 tokens)" in out
+    assert KEY not in out
+    monkeypatch.setenv("RAGBOT_LLM", "openai:llama-70b")
+    assert main(["prepare", "--check"]) == 1
+    assert "NOT AVAILABLE: the LLM server at" in capsys.readouterr().out

