@@ -189,8 +189,9 @@ class OpenAIChatModel:
         """Why a stream closed before its first piece, asked without streaming: some servers (llama.cpp's
         Python server) report a too-long prompt only this way, after a streamed 200 has begun."""
         try:
-            self.client.chat.completions.create(model=self.model, messages=[dict(m) for m in messages], max_tokens=1,
-                                                temperature=0.0)
+            # retried: the connection the failed stream used may be dead in the pool
+            self.client.with_options(max_retries=2).chat.completions.create(
+                model=self.model, messages=[dict(m) for m in messages], max_tokens=1, temperature=0.0)
         except Exception as e:
             error = self._error(e, "")
             return error if "context" in str(error) else None
