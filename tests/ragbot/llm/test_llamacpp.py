@@ -1,0 +1,121 @@
+"""The llama.cpp backend (ragbot/llm/llamacpp.py): the marker rules as a numpy logits processor, the peft adapter
+converted to a llama.cpp LoRA GGUF, and (integration) the same greedy answers as transformers with that adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragbot.llm.constraints import MarkerRules, MarkerVocab
+
+VOCAB = ["答", " [", "[", "1", "2", "3", "4", "5", "6", "7", "8", "9", "]", "]。", "][", "（", "E", "`", "X", "。"]
+IDS = {t: i for i, t in enumerate(VOCAB)}
+
+
+def processor(citable: int = 3):
+    from ragbot.llm.llamacpp import _Constraints
+
+    vocab = MarkerVocab.from_texts(VOCAB)
+    return _Constraints(vocab, MarkerRules(vocab, citable, lambda ids: "".join(VOCAB[i] for i in ids)))
+
+
+def allowed(proc, generated: list[str], prompt: int = 2) -> set[str]:
+    """What ``proc`` lets follow ``generated`` (after a prompt of ``prompt`` tokens, seen on the first call)."""
+    ids = np.array([IDS["答"]] * prompt + [IDS[t] for t in generated], dtype=np.intc)
+    if proc.prompt_len is None:
+        proc(ids[:prompt], np.zeros(len(VOCAB), dtype=np.float32))
+    out = proc(ids, np.zeros(len(VOCAB), dtype=np.float32))
+    return {VOCAB[i] for i in np.isfinite(out).nonzero()[0]}
+
+
+def test_the_marker_rules_as_a_llamacpp_logits_processor():
+    everything = set(VOCAB)
+    assert allowed(processor(), []) == everything - {" [", "["}  # an answer never starts with a marker
+    assert allowed(processor(), ["答", " ["]) == {"1", "2", "3"}  # only given passages
+    assert allowed(processor(), ["答", " [", "2"]) == {"]", "]。", "]["}
+    assert allowed(processor(), ["答", "E", "["]) == everything  # E[X]: maths
+    assert allowed(processor(), ["答", "`", " ["]) == everything  # inside code
+    assert allowed(processor(), ["答", " [", "1", "]"]) == everything - {"（"}  # no "（heading）" after a marker
+    p = processor()
+    allowed(p, ["答"])
+    assert p.generated == [IDS["答"]]  # what the loop check reads
+
+
+def _tiny_base_gguf(path: Path) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _peft_folder(path: Path, *, rank: int = 2, alpha: int = 4, **config) -> Path:
+    from safetensors.numpy import save_file
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer in (0, 1):
+        for module, (n_in, n_out) in {"self_attn.q_proj": (8, 8), "mlp.down_proj": (16, 8)}.items():
+            key = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = rng.standard_normal((rank, n_in)).astype(np.float32)
+            tensors[f"{key}.lora_B.weight"] = rng.standard_normal((n_out, rank)).astype(np.float32)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha, **config}))
+    return path
+
+
+def test_a_peft_adapter_becomes_a_llamacpp_lora_gguf(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from ragbot.errors import ConfigError
+    from ragbot.llm.llamacpp import adapter_gguf
+
+    base = _tiny_base_gguf(tmp_path / "base.gguf")
+    out = adapter_gguf(_peft_folder(tmp_path / "adapter"), base, tmp_path / "cache")
+    reader = gguf.GGUFReader(str(out))
+    field = lambda name: reader.fields[name].parts[-1]  # noqa: E731
+    assert bytes(field("general.type")).decode() == "adapter" and bytes(field("adapter.type")).decode() == "lora"
+    assert float(field("adapter.lora.alpha")[0]) == 4.0 and bytes(field("general.architecture")).decode() == "qwen2"
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}  # ggml order: (ne0, ne1)
+    assert shapes["blk.1.attn_q.weight.lora_a"] == (8, 2) and shapes["blk.1.attn_q.weight.lora_b"] == (2, 8)
+    assert shapes["blk.0.ffn_down.weight.lora_a"] == (16, 2) and shapes["blk.0.ffn_down.weight.lora_b"] == (2, 8)
+    assert len(shapes) == 8
+    assert adapter_gguf(tmp_path / "adapter", base, tmp_path / "cache") == out  # cached by content
+    with pytest.raises(ConfigError, match="DoRA, rsLoRA or modules_to_save"):
+        adapter_gguf(_peft_folder(tmp_path / "dora", use_dora=True), base, tmp_path / "cache")
+    with pytest.raises(ConfigError, match="not a peft LoRA folder"):
+        adapter_gguf(tmp_path, base, tmp_path / "cache")
+
+
+@pytest.mark.integration
+@pytest.mark.llamacpp
+@pytest.mark.llm
+def test_the_converted_adapter_answers_as_transformers_does(models_dir, tmp_path):
+    """The shipped adapter through llama.cpp (Q4_K_M base + converted LoRA) gives the same greedy answers as
+    transformers (bf16 base + merged LoRA) on a few grounded prompts."""
+    pytest.importorskip("llama_cpp")
+    from ragbot.generation import Generator
+    from ragbot.llm.hf import HFChatModel
+    from ragbot.llm.llamacpp import LlamaCppChatModel
+    from ragbot.settings import BUNDLED_LLM
+    from ragbot.types import Chunk, ScoredChunk
+
+    adapter = Path(__file__).resolve().parents[3] / "ragbot" / "assets" / "adapter"
+    texts = ["LoRA 冻结预训练模型的权重，只在每层旁路训练两个低秩矩阵 A 和 B，可训练参数因此大大减少。",
+             "Adam 优化器为每个参数维护一阶矩和二阶矩的滑动平均，默认 beta1 为 0.9，beta2 为 0.999。"]
+    passages = [ScoredChunk(Chunk(id=f"c{i}", doc_id=f"d{i}", text=t, source=f"doc{i}.md"), 1.0, "rerank")
+                for i, t in enumerate(texts)]
+    questions = ["LoRA 冻结什么？", "Adam 的 beta1 默认是多少？", "BERT 有多少层？"]
+    hf = HFChatModel(BUNDLED_LLM, models_dir, adapter=str(adapter), device="cpu", precision="bf16")
+    cpp = LlamaCppChatModel("bundle", models_dir, adapter=str(adapter))
+    got = {name: [Generator(m, max_new_tokens=64).run(q, passages).raw_text for q in questions]
+           for name, m in (("transformers", hf), ("llamacpp", cpp))}
+    assert got["llamacpp"] == got["transformers"]
