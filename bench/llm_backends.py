@@ -80,6 +80,57 @@ def run_backend(name: str, settings: Settings, prompts: list[list[dict]], count)
     return out, texts
 
 
+def run_server(settings: Settings, prompts: list[list[dict]], count, concurrency: int) -> dict:
+    """llama.cpp's OpenAI-compatible server on the bundled GGUF, asked ``concurrency`` questions at a time over
+    the ``openai:`` backend: every answer, throughput and latency (the server decodes one request at a time)."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ragbot.llm.llamacpp import bundled_gguf
+    from ragbot.llm.remote import OpenAIChatModel
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gguf = bundled_gguf(settings.models_dir)
+    threads = str(settings.num_threads or len(os.sched_getaffinity(0)))
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "qwen",
+                             "--port", str(port), "--n_ctx", "4096", "--n_threads", threads, "--n_threads_batch",
+                             threads, "--interrupt_requests", "false"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        model = OpenAIChatModel("qwen", f"http://127.0.0.1:{port}/v1", concurrency=concurrency, retries=0)
+        for _ in range(240):
+            try:
+                model.served()
+                break
+            except Exception:
+                time.sleep(0.5)
+        model.generate(prompts[0], max_new_tokens=4)
+
+        def ask(messages):
+            t = time.perf_counter()
+            text = model.generate(messages, max_new_tokens=settings.max_new_tokens, temperature=0.0)
+            return time.perf_counter() - t, count(text), text
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(ask, prompts))
+        wall = time.perf_counter() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    latency = [r[0] for r in results]
+    return {"concurrency": concurrency, "answered": sum(1 for r in results if r[2]), "asked": len(prompts),
+            "wall_s": round(wall, 1), "answers_per_min": round(len(prompts) / wall * 60, 1),
+            "output_tok_s": round(sum(r[1] for r in results) / wall, 1),
+            "latency_s_p50": round(float(np.percentile(latency, 50)), 1),
+            "latency_s_p95": round(float(np.percentile(latency, 95)), 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, help="index to retrieve from (default: the settings' index)")
@@ -87,6 +138,8 @@ def main() -> int:
     ap.add_argument("--questions", type=int, default=40)
     ap.add_argument("--backend", action="append", default=[], help="only these (repeatable)")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    ap.add_argument("--server", type=int, default=4, metavar="N",
+                    help="also ask llama.cpp's OpenAI-compatible server N questions at a time (0: skip)")
     args = ap.parse_args()
     settings = Settings.load(index_dir=args.index)
     rows = [json.loads(line) for line in Path(args.qa).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -118,6 +171,10 @@ def main() -> int:
             result["decode_share_of_bound"] = round(result["decode_tok_s_median"] / result["decode_bound_tok_s"], 2)
         out["backends"][name] = result
         print(f"{name}: {result}", file=sys.stderr, flush=True)
+    if args.server:
+        print(f"llama_cpp.server, {args.server} at a time ...", file=sys.stderr, flush=True)
+        out["server"] = run_server(settings, prompts, count, args.server)
+        print(f"server: {out['server']}", file=sys.stderr, flush=True)
     names = list(answers)
     if len(names) > 1:
         base = names[0]

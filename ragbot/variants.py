@@ -49,14 +49,27 @@ BUILTIN: dict[str, Variant] = {
         Variant("finetuned",
                 "the default pipeline with the LoRA adapter in ragbot/assets/adapter (scripts/train_adapter.sh)",
                 {"adapter": str(SHIPPED_ADAPTER)}),
+        Variant("llamacpp", "the default pipeline, the bundled LLM run by llama.cpp (its Q4_K_M GGUF as it is)",
+                {"llm": "llamacpp:bundle"}),
     )
 }
 
 
+def _offered(name: str) -> bool:
+    """Built-ins that need something optional: ``finetuned`` its adapter, ``llamacpp`` the llamacpp extra."""
+    if name == "finetuned":
+        return (SHIPPED_ADAPTER / "adapter_config.json").exists()
+    if name == "llamacpp":
+        import importlib.util
+
+        return importlib.util.find_spec("llama_cpp") is not None
+    return True
+
+
 def available(settings: Settings, config_file: Path | None = None) -> dict[str, Variant]:
-    """Built-in variants (``finetuned`` only when its adapter exists) plus those in the settings file
-    (``config_file``, else ``$RAGBOT_CONFIG``, else ``./ragbot.toml``: the file the settings came from)."""
-    variants = {k: v for k, v in BUILTIN.items() if k != "finetuned" or (SHIPPED_ADAPTER / "adapter_config.json").exists()}
+    """Built-in variants (``finetuned`` when its adapter exists, ``llamacpp`` when llama.cpp is installed) plus those
+    in the settings file (``config_file``, else ``$RAGBOT_CONFIG``, else ``./ragbot.toml``: the settings' file)."""
+    variants = {k: v for k, v in BUILTIN.items() if _offered(k)}
     path = config_path(config_file)
     if path.exists():
         data = tomllib.loads(path.read_text(encoding="utf-8"))
