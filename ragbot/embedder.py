@@ -1,4 +1,5 @@
-"""Text embedders. Stages depend on the :class:`Embedder` protocol, so tests can pass a tiny fake."""
+"""Text embedders. Stages depend on the :class:`Embedder` protocol, so tests can pass a tiny fake;
+:func:`embedder_from_settings` picks one from the ``embedder`` setting (a sentence-transformers model, or a server)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,106 @@ class SentenceTransformerEmbedder:
         self.warm_up()
         return self._model.encode([text], prompt_name=self._query_prompt, normalize_embeddings=True,
                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float32)[0]
+
+
+def embedder_identity(settings: Settings) -> str:
+    """What the index manifest records as the embedder: the spec, plus the prefixes a server embedder puts before
+    questions and chunks (they change the vectors). Unchanged for every other embedder."""
+    if not (settings.embedder_query_prefix or settings.embedder_document_prefix):
+        return settings.embedder
+    return (f"{settings.embedder} (query prefix {settings.embedder_query_prefix!r}, "
+            f"document prefix {settings.embedder_document_prefix!r})")
+
+
+def embedder_key(settings: Settings) -> tuple:
+    """The settings that make two embedders the same (a process keeps one per key)."""
+    return (embedder_identity(settings), settings.embedder_base_url or settings.llm_base_url, settings.device)
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The embedder the ``embedder`` setting names, not loaded yet: ``openai:MODEL`` is a server
+    (:class:`OpenAIEmbedder`), anything else a sentence-transformers model."""
+    if settings.embedder.startswith(OpenAIEmbedder.SCHEME):
+        return OpenAIEmbedder.from_settings(settings)
+    return SentenceTransformerEmbedder.from_settings(settings)
+
+
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible ``/v1/embeddings`` endpoint (vLLM, TEI, Ollama, llama.cpp's server), so
+    ingest can scale out to an embedding server. Vectors are L2-normalised here, whatever the server returns."""
+
+    SCHEME = "openai:"
+
+    def __init__(self, model: str, base_url: str, *, api_key: str = "", batch_size: int = 64, query_prefix: str = "",
+                 document_prefix: str = "", connect_timeout_s: float = 5.0, timeout_s: float = 120.0,
+                 retries: int = 2, concurrency: int = 4, name: str = "") -> None:
+        from ragbot.openai_server import OpenAIServer, semaphore
+
+        self.name = name or self.SCHEME + model  # what the index manifest records (embedder_identity)
+        self.server = OpenAIServer(model, base_url, api_key=api_key, connect_timeout_s=connect_timeout_s,
+                                   read_timeout_s=timeout_s, setting="embedder", role="embedding")
+        self.batch_size, self.retries = batch_size, retries
+        self.query_prefix, self.document_prefix = query_prefix, document_prefix
+        self._slots = semaphore(self.server.base_url, concurrency)
+        self._dim: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
+        return cls(settings.embedder[len(cls.SCHEME):].strip(), settings.embedder_base_url or settings.llm_base_url,
+                   api_key=settings.embedder_api_key or settings.llm_api_key,
+                   batch_size=max(settings.embed_batch_size, 32), query_prefix=settings.embedder_query_prefix,
+                   document_prefix=settings.embedder_document_prefix,
+                   connect_timeout_s=settings.llm_connect_timeout_s,
+                   timeout_s=settings.llm_first_token_timeout_s, retries=settings.llm_retries,
+                   concurrency=settings.llm_concurrency, name=embedder_identity(settings))
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIEmbedder({self.name!r}, base_url={self.server.base_url!r})"
+
+    def warm_up(self) -> None:
+        """Embed one text: checks the server, the key and the model, and learns the dimension."""
+        if self._dim is None:
+            self._dim = int(self._embed(["ragbot"]).shape[1])
+
+    @property
+    def dim(self) -> int:
+        self.warm_up()
+        return self._dim
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import time
+
+        from ragbot.openai_server import retryable
+
+        for attempt in range(self.retries + 1):
+            try:
+                with self._slots:
+                    response = self.server.client.embeddings.create(model=self.server.model, input=texts,
+                                                                    encoding_format="float")
+                break
+            except Exception as e:
+                if not retryable(e) or attempt == self.retries:
+                    raise self.server.error(e) from None
+                time.sleep(min(4.0, 0.5 * 2 ** attempt))
+        rows = sorted(response.data, key=lambda d: d.index)
+        vectors = np.asarray([d.embedding for d in rows], dtype=np.float32)
+        if vectors.shape[0] != len(texts):
+            from ragbot.errors import LLMServerError
+
+            raise LLMServerError(f"the embedding server at {self.server.base_url} returned {vectors.shape[0]} "
+                                 f"vectors for {len(texts)} texts")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    def embed_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        texts = [self.document_prefix + t for t in texts]
+        batches = range(0, len(texts), self.batch_size)
+        if show_progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc="embed", unit="batch")
+        parts = [self._embed(texts[i:i + self.batch_size]) for i in batches]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._embed([self.query_prefix + text])[0]

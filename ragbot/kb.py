@@ -55,11 +55,11 @@ class KnowledgeBase:
     def embedder(self, settings: Settings) -> Embedder:
         if self._embedder_for is not None:
             return self._embedder_for(settings)
-        key = (settings.embedder, settings.device)
-        if key not in self._embedders:
-            from ragbot.embedder import SentenceTransformerEmbedder
+        from ragbot.embedder import embedder_from_settings, embedder_key
 
-            self._embedders[key] = SentenceTransformerEmbedder.from_settings(settings)
+        key = embedder_key(settings)
+        if key not in self._embedders:
+            self._embedders[key] = embedder_from_settings(settings)
         return self._embedders[key]
 
     # ---- the indexes ----------------------------------------------------------------------

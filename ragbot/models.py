@@ -61,13 +61,15 @@ class ModelCache:
                 from ragbot.testing import HashingEmbedder
 
                 return HashingEmbedder(name=settings.embedder)
-            from ragbot.embedder import SentenceTransformerEmbedder
+            from ragbot.embedder import embedder_from_settings
 
-            model = SentenceTransformerEmbedder.from_settings(settings)
+            model = embedder_from_settings(settings)
             model.warm_up()
             return model
 
-        return self._get(self._embedders, (settings.embedder, settings.device), load)
+        from ragbot.embedder import embedder_key
+
+        return self._get(self._embedders, embedder_key(settings), load)
 
     def chat_model(self, settings: Settings) -> ChatModel:
         def load() -> Any:

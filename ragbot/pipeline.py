@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ragbot.embedder import Embedder, SentenceTransformerEmbedder
+from ragbot.embedder import Embedder, embedder_from_settings
 from ragbot.errors import ConfigError, QuestionTooLongError
 from ragbot.generation import AnswerStream, Generator
 from ragbot.grounding import KeyTermGate
@@ -60,7 +60,7 @@ class RagPipeline:
                 store = IndexStore.load(settings.index_path, expect=expect)
             else:
                 store.check(settings.index_path, expect)
-            embedder = embedder or SentenceTransformerEmbedder.from_settings(settings)
+            embedder = embedder or embedder_from_settings(settings)
         else:
             store = None
         if with_llm and chat_model is None:

@@ -24,7 +24,7 @@ from ragbot.errors import ConfigError
 BUNDLED_EMBEDDER = "bundle:multilingual-e5-small"
 BUNDLED_LLM = "bundle:qwen2.5-coder-0.5b-instruct"
 REFUSAL = "资料中没有相关信息"
-SECRETS = frozenset({"llm_api_key"})  # settings never written or shown anywhere
+SECRETS = frozenset({"llm_api_key", "embedder_api_key"})  # settings never written or shown anywhere
 
 
 def _default_home() -> Path:
@@ -38,7 +38,12 @@ class Settings:
     index_dir: Path | None = None  # default: <home>/index
 
     # models
-    embedder: str = BUNDLED_EMBEDDER
+    embedder: str = BUNDLED_EMBEDDER  # a sentence-transformers spec (bundle:, folder, hub id), or "openai:MODEL"
+    # an embedding server (embedder = "openai:MODEL"): its URL and key default to the LLM server's
+    embedder_base_url: str = ""
+    embedder_api_key: str = field(default="", repr=False)  # secret, like llm_api_key
+    embedder_query_prefix: str = ""  # put before each question by a server embedder (e5: "query: "); in the manifest
+    embedder_document_prefix: str = ""  # before each chunk (e5: "passage: "); in the manifest
     llm: str = BUNDLED_LLM  # a transformers spec (bundle:, folder, hub id), or "openai:MODEL" (a server, below)
     adapter: str = ""  # a LoRA adapter folder applied on top of ``llm``; empty for none
     # an OpenAI-compatible server (llm = "openai:MODEL"): vLLM, Ollama, llama.cpp's server, a hosted API
@@ -118,6 +123,12 @@ class Settings:
             if not self.llm_base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"llm_base_url ({self.llm_base_url!r}) must be the server's http(s) URL for "
                                   f"llm = {self.llm!r}, e.g. http://127.0.0.1:8000/v1 (set RAGBOT_LLM_BASE_URL)")
+        if self.embedder.startswith("openai:"):
+            if not self.embedder[len("openai:"):].strip():
+                raise ConfigError(f"embedder ({self.embedder!r}) names no model: write openai:MODEL")
+            if not (self.embedder_base_url or self.llm_base_url).startswith(("http://", "https://")):
+                raise ConfigError(f"embedder_base_url ({self.embedder_base_url!r}) must be the embedding server's "
+                                  f"http(s) URL for embedder = {self.embedder!r} (set RAGBOT_EMBEDDER_BASE_URL)")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads ({self.num_threads}) must be >= 0 (0 keeps torch's default)")
         choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain"),

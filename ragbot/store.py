@@ -99,7 +99,10 @@ class IndexSpec:
 
         ``dim`` is the embedder's dimension when it is loaded; without it, that one check is skipped.
         """
-        return cls(settings.embedder, dim, chunking_spec(settings.chunk_size, settings.chunk_overlap, settings.chunker))
+        from ragbot.embedder import embedder_identity
+
+        return cls(embedder_identity(settings), dim,
+                   chunking_spec(settings.chunk_size, settings.chunk_overlap, settings.chunker))
 
     def key(self) -> str:
         """A short hash of what decides the index's contents (embedder and chunking): equal keys share an index."""

@@ -15,8 +15,12 @@ refused by the real models (and the reverse) with the usual "re-ingest" message.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
@@ -113,3 +117,135 @@ class FakeChatModel:
         text = self._text(messages, citable)
         for i in range(0, len(text), self.piece_chars):
             yield text[i:i + self.piece_chars]
+
+
+class FakeOpenAIServer:
+    """A real local HTTP server speaking the OpenAI API: ``/v1/models``, streaming ``/v1/chat/completions`` and
+    ``/v1/embeddings`` (vectors of :class:`HashingEmbedder`, scaled so the client must normalise them). Its
+    attributes set how it behaves (what it streams, how slowly, which status it answers); it records what it got.
+    Requests need ``Authorization: Bearer`` :attr:`KEY`. ``close()`` stops it.
+    """
+
+    KEY = "sk-test-secret-4242"
+
+    def __init__(self) -> None:
+        self.pieces = ["LoRA 只训练", "低秩矩阵 [1]", "。"]
+        self.finish = "stop"
+        self.models = [{"id": "qwen", "object": "model", "max_model_len": 4096}]
+        self.first_delay = 0.0  # seconds before the first piece
+        self.gap = 0.0  # seconds between pieces
+        self.status = 200  # answer chat requests with this status (and an error body) instead
+        self.error_message = ""
+        self.drop_after = None  # close the connection after this many pieces
+        self.fail_first = 0  # answer the first N chat requests with HTTP 503
+        self.streamed_errors_close = False  # a streamed request that fails gets a 200 and an empty stream
+        self.requests: list[dict] = []  # chat requests
+        self.embedded: list[list[str]] = []  # the texts of each embeddings request
+        self.embedder = HashingEmbedder(dim=32)
+        self.headers: list[str] = []  # the Authorization header of each request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _json(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorized(self) -> bool:
+                server.headers.append(self.headers.get("Authorization"))
+                if self.headers.get("Authorization") != f"Bearer {server.KEY}":
+                    self._json(401, {"error": {"message": "Invalid API Key", "type": "invalid_request_error"}})
+                    return False
+                return True
+
+            def do_GET(self):
+                if not self._authorized():
+                    return
+                if self.path.rstrip("/").endswith("/models"):
+                    self._json(200, {"object": "list", "data": server.models})
+                else:
+                    self._json(404, {"error": {"message": "not found"}})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorized():
+                    return
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    server.embedded.append(list(body["input"]))
+                    data = [{"object": "embedding", "index": i, "embedding": (3 * server.embedder._vec(t)).tolist()}
+                            for i, t in enumerate(body["input"])]
+                    self._json(200, {"object": "list", "data": data[::-1], "model": body["model"]})  # any order
+                    return
+                with server._lock:
+                    server.requests.append(body)
+                    n = len(server.requests)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._chat(body, n)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _chat(self, body: dict, n: int) -> None:
+                if n <= server.fail_first:
+                    self._json(503, {"error": {"message": "loading model"}})
+                    return
+                if body["model"] not in [m["id"] for m in server.models]:
+                    self._json(404, {"error": {"message": f"model {body['model']} not found"}})
+                    return
+                if server.status != 200 and server.streamed_errors_close and body.get("stream"):
+                    # llama_cpp.server: the 200 has gone out, then the stream just ends
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if server.status != 200:
+                    self._json(server.status, {"error": {"message": server.error_message, "type": "invalid_request_error"}})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                time.sleep(server.first_delay)
+                for i, piece in enumerate(server.pieces):
+                    if server.drop_after is not None and i >= server.drop_after:
+                        self.wfile.flush()
+                        self.connection.shutdown(2)
+                        return
+                    if i:
+                        time.sleep(server.gap)
+                    self._event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": server.finish}]})
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+            def _event(self, chunk: dict) -> None:
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "qwen", **chunk}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -16,30 +16,19 @@ The server cannot be constrained to valid citation markers; the generator cleans
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from ragbot.errors import LLMServerError, MissingExtraError
+from ragbot.errors import LLMServerError
 from ragbot.llm.base import degenerate
+from ragbot.openai_server import OpenAIServer, Timeout, Truncated, retryable, semaphore
 from ragbot.settings import Settings
 from ragbot.types import Message
 
 SCHEME = "openai:"
-_SEMAPHORES: dict[str, threading.BoundedSemaphore] = {}
-_SEMAPHORES_LOCK = threading.Lock()
-# how servers say a prompt is too long: vLLM "maximum context length is 2048 tokens", llama.cpp "exceed context
-# window of 2048", "context_length_exceeded" (OpenAI), Ollama "input length exceeds the context length"
-_TOO_LONG = re.compile(r"context.{0,12}(length|window)|maximum context|too long|exceeds? the", re.I)
 _WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "n_ctx", "max_context_length")
-
-
-def _semaphore(base_url: str, limit: int) -> threading.BoundedSemaphore:
-    """One limit per server for the whole process (all variants and browser sessions share the server)."""
-    with _SEMAPHORES_LOCK:
-        return _SEMAPHORES.setdefault(f"{base_url}#{limit}", threading.BoundedSemaphore(limit))
 
 
 def estimate_tokens(messages: list[Message]) -> int:
@@ -60,14 +49,14 @@ class OpenAIChatModel:
     def __init__(self, model: str, base_url: str, *, api_key: str = "", connect_timeout_s: float = 5.0,
                  first_token_timeout_s: float = 120.0, idle_timeout_s: float = 60.0, concurrency: int = 4,
                  retries: int = 2, context_window: int = 0) -> None:
-        self.model, self.base_url = model, base_url.rstrip("/")
-        self._api_key = api_key
-        self.connect_timeout_s, self.first_token_timeout_s = connect_timeout_s, first_token_timeout_s
-        self.idle_timeout_s, self.retries = idle_timeout_s, retries
+        # the HTTP read timeout is a backstop; the watch in _Watched times the first token and the silences exactly
+        self.server = OpenAIServer(model, base_url, api_key=api_key, connect_timeout_s=connect_timeout_s,
+                                   read_timeout_s=max(first_token_timeout_s, idle_timeout_s) + 5)
+        self.model, self.base_url = model, self.server.base_url
+        self.first_token_timeout_s, self.idle_timeout_s, self.retries = first_token_timeout_s, idle_timeout_s, retries
         self._window = context_window or None
         self._window_asked = bool(context_window)
-        self._slots = _semaphore(self.base_url, concurrency)
-        self._client = None
+        self._slots = semaphore(self.base_url, concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIChatModel:
@@ -80,52 +69,19 @@ class OpenAIChatModel:
     def __repr__(self) -> str:  # never the key
         return f"OpenAIChatModel(model={self.model!r}, base_url={self.base_url!r})"
 
-    @property
-    def description(self) -> str:
-        return f"{self.model} @ {self.base_url} (OpenAI-compatible server)"
-
-    # -- connection -------------------------------------------------------------------------------------------
-
-    def _openai(self):
-        try:
-            import openai
-        except ImportError:
-            raise MissingExtraError("llm = 'openai:...' needs the openai client: pip install 'ragbot[openai]'") from None
-        return openai
-
-    @property
-    def client(self):
-        if self._client is None:
-            openai = self._openai()
-            read = max(self.first_token_timeout_s, self.idle_timeout_s) + 5  # a backstop; the watch below is exact
-            self._client = openai.OpenAI(
-                base_url=self.base_url, api_key=self._api_key or "none", max_retries=0,
-                timeout=openai.Timeout(read, connect=self.connect_timeout_s))
-        return self._client
-
     def warm_up(self) -> None:
         """Check that the server answers, accepts the key and serves the model; learn its context window."""
         self.context_window()
 
     def served(self) -> list[dict[str, Any]]:
-        """The server's ``/v1/models`` entries (id plus whatever the engine adds, e.g. vLLM's ``max_model_len``)."""
-        try:
-            page = self.client.models.list()
-        except Exception as e:
-            raise self._error(e, "") from None
-        return [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in page.data]
+        return self.server.served()
 
     def context_window(self) -> int | None:
         """The served model's context in tokens (``llm_context_window``, else from ``/v1/models``), None when the
         server does not say. Raises when the server does not serve ``model`` (naming those it does)."""
         if self._window_asked:
             return self._window
-        models = self.served()
-        entry = next((m for m in models if m.get("id") == self.model), None)
-        if entry is None:
-            ids = ", ".join(str(m.get("id")) for m in models) or "none"
-            raise LLMServerError(f"the LLM server at {self.base_url} does not serve model {self.model!r}; it serves: "
-                                 f"{ids}. Set llm = \"openai:<one of them>\"")
+        entry = self.server.entry()
         meta = {**entry, **(entry.get("meta") or {})}
         self._window = next((int(meta[k]) for k in _WINDOW_KEYS if isinstance(meta.get(k), int | float)), None)
         self._window_asked = True
@@ -162,7 +118,7 @@ class OpenAIChatModel:
                    "max_tokens": self.max_tokens(messages, max_new_tokens), "temperature": temperature}
         with self._slots:
             for attempt in range(self.retries + 1):
-                pieces = _Watched(lambda: self.client.chat.completions.create(**request),
+                pieces = _Watched(lambda: self.server.client.chat.completions.create(**request),
                                   self.first_token_timeout_s, self.idle_timeout_s)
                 text, finish = "", ""
                 try:
@@ -175,11 +131,12 @@ class OpenAIChatModel:
                         if degenerate([ord(c) for c in text[-480:]], text[-40:], ngram=24):
                             return "loop"
                     if not finish:  # every OpenAI-compatible server ends a stream with a finish_reason
-                        raise _Truncated()
+                        raise Truncated()
                     return finish
                 except Exception as e:
-                    if text or not _retryable(e) or attempt == self.retries:
-                        raise self._error(e, text, messages) from None
+                    if text or not retryable(e) or attempt == self.retries:
+                        why = self._diagnose(messages) if isinstance(e, Truncated) and not text else None
+                        raise (why or self.server.error(e, text)) from None
                     time.sleep(min(4.0, 0.5 * 2 ** attempt))
                 finally:
                     pieces.close()
@@ -190,88 +147,12 @@ class OpenAIChatModel:
         Python server) report a too-long prompt only this way, after a streamed 200 has begun."""
         try:
             # retried: the connection the failed stream used may be dead in the pool
-            self.client.with_options(max_retries=2).chat.completions.create(
+            self.server.client.with_options(max_retries=2).chat.completions.create(
                 model=self.model, messages=[dict(m) for m in messages], max_tokens=1, temperature=0.0)
         except Exception as e:
-            error = self._error(e, "")
+            error = self.server.error(e)
             return error if "context" in str(error) else None
         return None
-
-    def _error(self, e: Exception, partial: str, messages: list[Message] | None = None) -> LLMServerError:
-        """The one-line message for what went wrong talking to the server (never naming the key)."""
-        openai = self._openai()
-        where = f"the LLM server at {self.base_url}"
-        cut = f" after {len(partial)} characters of the answer (the partial answer is incomplete)" if partial else ""
-        if isinstance(e, LLMServerError):
-            return e
-        if isinstance(e, _Truncated):
-            if not partial and messages is not None:
-                why = self._diagnose(messages)
-                if why is not None:
-                    return why
-            return LLMServerError(f"{where} closed the stream before the answer was finished{cut}: was the server "
-                                  "stopped, or did another request interrupt it (llama_cpp.server: start it with "
-                                  "--interrupt_requests false)? Ask again")
-        if isinstance(e, _Timeout):
-            return LLMServerError(f"{where} sent nothing for {e.seconds:g} s {e.stage}{cut}; it may be overloaded "
-                                  f"or stuck: raise {e.setting} or check the server")
-        if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
-            return LLMServerError(f"{where} rejected the API key (HTTP {e.status_code}): set RAGBOT_LLM_API_KEY "
-                                  "(or llm_api_key) to a key it accepts")
-        if isinstance(e, openai.NotFoundError):
-            try:
-                ids = ", ".join(str(m.get("id")) for m in self.served())
-            except LLMServerError:
-                ids = "(could not list them)"
-            return LLMServerError(f"{where} does not serve model {self.model!r} (HTTP 404); it serves: {ids or 'none'}."
-                                  " Set llm = \"openai:<one of them>\" (or check llm_base_url ends in /v1)")
-        if isinstance(e, openai.APIStatusError):
-            message = _message(e)
-            if _TOO_LONG.search(message):
-                return LLMServerError(f"{where}: the prompt is longer than the model's context ({message}); lower "
-                                      "top_k or max_passage_chars, or serve the model with a longer context")
-            return LLMServerError(f"{where} answered HTTP {e.status_code}: {message}{cut}")
-        if isinstance(e, openai.APITimeoutError):
-            return LLMServerError(f"{where} did not answer within llm_connect_timeout_s "
-                                  f"({self.connect_timeout_s:g} s): is it running and reachable?")
-        if isinstance(e, openai.APIConnectionError):
-            return LLMServerError(f"no LLM server answers at {self.base_url} ({_cause(e)}): start it (e.g. "
-                                  "`python -m llama_cpp.server --model MODEL.gguf`) or fix llm_base_url")
-        return LLMServerError(f"{where} failed{cut}: {_cause(e)}; the answer is incomplete, ask again")
-
-
-def _retryable(e: Exception) -> bool:
-    """Connection failures, timeouts, 408/409/429 and 5xx: worth another try before the first token."""
-    status = getattr(e, "status_code", None)
-    if status is not None:
-        return status in (408, 409, 429) or status >= 500
-    return True
-
-
-def _message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        body = body.get("error", body)
-        if isinstance(body, dict):
-            body = body.get("message", body)
-    text = str(body or getattr(e, "message", "") or e)
-    return " ".join(text.split())[:300]
-
-
-def _cause(e: BaseException) -> str:
-    while e.__cause__ is not None and e.__cause__ is not e:
-        e = e.__cause__
-    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
-
-
-class _Truncated(Exception):
-    """The stream ended without a finish_reason: the server went away mid-answer."""
-
-
-class _Timeout(Exception):
-    def __init__(self, seconds: float, stage: str, setting: str) -> None:
-        super().__init__(f"no data for {seconds} s {stage}")
-        self.seconds, self.stage, self.setting = seconds, stage, setting
 
 
 class _Watched:
@@ -313,7 +194,7 @@ class _Watched:
             except queue.Empty:
                 stage, setting = (("between pieces", "llm_timeout_s") if got_text
                                   else ("before the first token", "llm_first_token_timeout_s"))
-                raise _Timeout(wait, stage, setting) from None
+                raise Timeout(wait, stage, setting) from None
             if kind == "end":
                 return
             if kind == "error":

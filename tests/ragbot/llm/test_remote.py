@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,131 +17,17 @@ from ragbot.errors import LLMServerError  # noqa: E402
 from ragbot.generation import Generator  # noqa: E402
 from ragbot.llm.remote import OpenAIChatModel, estimate_tokens  # noqa: E402
 from ragbot.settings import Settings  # noqa: E402
+from ragbot.testing import FakeOpenAIServer as FakeServer  # noqa: E402
 from ragbot.types import Chunk, ScoredChunk  # noqa: E402
 
-KEY = "sk-test-secret-4242"
-
-
-class FakeServer:
-    """Serves /v1/models and streaming /v1/chat/completions; its attributes set the behaviour."""
-
-    def __init__(self) -> None:
-        self.pieces = ["LoRA 只训练", "低秩矩阵 [1]", "。"]
-        self.finish = "stop"
-        self.models = [{"id": "qwen", "object": "model", "max_model_len": 4096}]
-        self.first_delay = 0.0  # seconds before the first piece
-        self.gap = 0.0  # seconds between pieces
-        self.status = 200  # answer chat requests with this status (and an error body) instead
-        self.error_message = ""
-        self.drop_after = None  # close the connection after this many pieces
-        self.fail_first = 0  # answer the first N chat requests with HTTP 503
-        self.streamed_errors_close = False  # a streamed request that fails gets a 200 and an empty stream
-        self.requests: list[dict] = []
-        self.headers: list[str] = []  # the Authorization header of each request
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _json(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _authorized(self) -> bool:
-                server.headers.append(self.headers.get("Authorization"))
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
-                    self._json(401, {"error": {"message": "Invalid API Key", "type": "invalid_request_error"}})
-                    return False
-                return True
-
-            def do_GET(self):
-                if not self._authorized():
-                    return
-                if self.path.rstrip("/").endswith("/models"):
-                    self._json(200, {"object": "list", "data": server.models})
-                else:
-                    self._json(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not self._authorized():
-                    return
-                with server._lock:
-                    server.requests.append(body)
-                    n = len(server.requests)
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    self._chat(body, n)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
-
-            def _chat(self, body: dict, n: int) -> None:
-                if n <= server.fail_first:
-                    self._json(503, {"error": {"message": "loading model"}})
-                    return
-                if body["model"] not in [m["id"] for m in server.models]:
-                    self._json(404, {"error": {"message": f"model {body['model']} not found"}})
-                    return
-                if server.status != 200 and server.streamed_errors_close and body.get("stream"):
-                    # llama_cpp.server: the 200 has gone out, then the stream just ends
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                if server.status != 200:
-                    self._json(server.status, {"error": {"message": server.error_message, "type": "invalid_request_error"}})
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                time.sleep(server.first_delay)
-                for i, piece in enumerate(server.pieces):
-                    if server.drop_after is not None and i >= server.drop_after:
-                        self.wfile.flush()
-                        self.connection.shutdown(2)
-                        return
-                    if i:
-                        time.sleep(server.gap)
-                    self._event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": server.finish}]})
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-                self.close_connection = True
-
-            def _event(self, chunk: dict) -> None:
-                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "qwen", **chunk}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+KEY = FakeServer.KEY
 
 
 @pytest.fixture
 def server():
     s = FakeServer()
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.close()
 
 
 def model(server: FakeServer, **kw) -> OpenAIChatModel:
@@ -225,8 +109,7 @@ def test_a_model_the_server_does_not_serve_lists_those_it_does(server):
 
 def test_no_server_at_the_url_says_so(server):
     url = server.url
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
     m = OpenAIChatModel("qwen", url, api_key=KEY, retries=0, connect_timeout_s=2)
     with pytest.raises(LLMServerError, match=f"no LLM server answers at {url}.*fix llm_base_url"):
         m.generate(MESSAGES, max_new_tokens=8)
