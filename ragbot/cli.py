@@ -207,25 +207,15 @@ def _remove(settings, paths: list[str]) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ragbot import llm
-    from ragbot.bundle import resolve_model
+    from ragbot import embedder, llm
 
     settings = _settings(args)
-    ok = True
-    if args.check and settings.embedder.startswith("bundle:"):
-        folder = settings.models_dir / settings.embedder[len("bundle:"):]
-        print(f"embedder  {settings.embedder}: {folder if folder.is_dir() else 'the offline bundle (built on first use)'}")
-    else:
-        try:
-            print(f"embedder  {settings.embedder}: "
-                  f"{resolve_model(settings.embedder, settings.models_dir, allow_downloads=settings.allow_downloads)}")
-        except RagbotError as e:
-            ok = False
-            print(f"embedder  {settings.embedder}: NOT AVAILABLE: {e}")
-    good, where = llm.check(settings, prepare=not args.check)
-    print(f"llm       {llm.describe(settings)}: {where if good else 'NOT AVAILABLE: ' + where}")
-    print(f"reranker  {settings.reranker}")
-    return 0 if ok and good else 1
+    results = {"embedder": (settings.embedder, *embedder.check(settings, prepare=not args.check)),
+               "llm": (llm.describe(settings), *llm.check(settings, prepare=not args.check))}
+    for role, (what, ok, where) in results.items():
+        print(f"{role:<9} {what}: {where if ok else 'NOT AVAILABLE: ' + where}")
+    print(f"{'reranker':<9} {settings.reranker}")
+    return 0 if all(ok for _, ok, _ in results.values()) else 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

