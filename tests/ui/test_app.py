@@ -37,6 +37,7 @@ def html_bodies(at):
 def test_starts_with_title_tabs_and_sidebar(app):
     assert [t.label for t in app.tabs][:4] == ["💬 问答", "📚 知识库", "📊 ROUGE 评测", "⚔️ Elo 竞技场"]
     assert any("3 个文档" in c for c in texts(app.sidebar.caption))
+    assert any("大模型：" in c and "transformers (in-process" in c for c in texts(app.sidebar.caption))  # the backend
     assert app.selectbox(key="opt_variant").value == "ragbot"
     assert any("有什么想问的" in m for m in texts(app.markdown))  # the empty state
 
