@@ -130,9 +130,12 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
 
 def embedder_from_settings(settings: Settings) -> Embedder:
     """The embedder the ``embedder`` setting names, not loaded yet: ``openai:MODEL`` is a server
-    (:class:`OpenAIEmbedder`), anything else a sentence-transformers model."""
+    (:class:`OpenAIEmbedder`), ``hash:DIM`` the hashing embedder for scale tests (:class:`HashEmbedder`), anything
+    else a sentence-transformers model."""
     if settings.embedder.startswith(OpenAIEmbedder.SCHEME):
         return OpenAIEmbedder.from_settings(settings)
+    if settings.embedder.startswith(HashEmbedder.SCHEME):
+        return HashEmbedder.from_spec(settings.embedder)
     return SentenceTransformerEmbedder.from_settings(settings)
 
 
@@ -215,3 +218,51 @@ class OpenAIEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._embed([self.query_prefix + text])[0]
+
+
+class HashEmbedder:
+    """NOT SEMANTIC: character bigrams hashed into ``dim`` buckets (vectorised, deterministic across processes and
+    machines), so store operations at a million chunks can be tested and timed without a model. Texts that share
+    words get similar vectors, but recall on real questions is far below a trained embedder's: never use it for
+    answers. ``embedder = "hash:384"``."""
+
+    SCHEME = "hash:"
+
+    def __init__(self, dim: int = 384) -> None:
+        if dim < 8:
+            raise ValueError(dim)
+        self._dim = dim
+        self.name = f"{self.SCHEME}{dim}"
+
+    @classmethod
+    def from_spec(cls, spec: str) -> HashEmbedder:
+        from ragbot.errors import ConfigError
+
+        try:
+            return cls(int(spec[len(cls.SCHEME):]))
+        except ValueError:
+            raise ConfigError(f"embedder ({spec!r}) must be hash:DIM with DIM a whole number >= 8, e.g. hash:384") from None
+
+    def warm_up(self) -> None:
+        pass
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _vec(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        out = np.zeros(self._dim, dtype=np.float32)
+        if len(codes) >= 2:
+            mixed = (codes[:-1] * np.uint64(0x9E3779B1) + codes[1:] * np.uint64(0x85EBCA77)) & np.uint64(0xFFFFFFFF)
+            out += np.bincount((mixed % np.uint64(self._dim)).astype(np.int64), minlength=self._dim).astype(np.float32)
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm else out
+
+    def embed_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.stack([self._vec(t) for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vec(text)

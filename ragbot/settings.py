@@ -38,7 +38,9 @@ class Settings:
     index_dir: Path | None = None  # default: <home>/index
 
     # models
-    embedder: str = BUNDLED_EMBEDDER  # a sentence-transformers spec (bundle:, folder, hub id), or "openai:MODEL"
+    # a sentence-transformers spec (bundle:, folder, hub id), "openai:MODEL" (a server), or "hash:DIM" (NOT
+    # semantic: a hashing embedder for scale tests of the store)
+    embedder: str = BUNDLED_EMBEDDER
     # an embedding server (embedder = "openai:MODEL"): its URL and key default to the LLM server's
     embedder_base_url: str = ""
     embedder_api_key: str = field(default="", repr=False)  # secret, like llm_api_key

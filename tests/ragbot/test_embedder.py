@@ -1,21 +1,21 @@
-"""The server embedder (ragbot/embedder.py: OpenAIEmbedder) against a local HTTP server speaking /v1/embeddings."""
+"""Embedders picked by the setting (ragbot/embedder.py): the server embedder (OpenAIEmbedder) against a local HTTP
+server speaking /v1/embeddings, and the hashing embedder for scale tests."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-pytest.importorskip("openai")
-
-from ragbot.embedder import OpenAIEmbedder, embedder_from_settings, embedder_identity  # noqa: E402
-from ragbot.errors import ConfigError, LLMServerError  # noqa: E402
-from ragbot.settings import Settings  # noqa: E402
-from ragbot.store import IndexSpec  # noqa: E402
-from ragbot.testing import FakeOpenAIServer  # noqa: E402
+from ragbot.embedder import OpenAIEmbedder, embedder_from_settings, embedder_identity
+from ragbot.errors import ConfigError, LLMServerError
+from ragbot.settings import Settings
+from ragbot.store import IndexSpec
+from ragbot.testing import FakeOpenAIServer
 
 
 @pytest.fixture
 def server():
+    pytest.importorskip("openai")
     s = FakeOpenAIServer()
     yield s
     s.close()
@@ -77,3 +77,16 @@ def test_server_errors_name_the_embedder_settings(server, tmp_path):
         Settings(embedder="openai:e5")
     s = Settings(embedder="openai:e5", embedder_base_url=url, embedder_api_key="sk-emb")
     assert "sk-emb" not in repr(s) and "embedder_api_key" not in s.to_dict()
+
+
+def test_the_hashing_embedder_for_scale_tests(tmp_path):
+    from ragbot.embedder import HashEmbedder
+
+    emb = embedder_from_settings(Settings(home=tmp_path, embedder="hash:384"))
+    assert isinstance(emb, HashEmbedder) and emb.name == "hash:384" and emb.dim == 384
+    docs = emb.embed_documents(["LoRA 冻结预训练权重", "Adam 的 beta1 为 0.9", ""])
+    assert docs.shape == (3, 384) and np.allclose(np.linalg.norm(docs[:2], axis=1), 1.0) and not docs[2].any()
+    assert float(emb.embed_query("LoRA 冻结什么权重") @ docs[0]) > float(emb.embed_query("LoRA 冻结什么权重") @ docs[1])
+    assert np.array_equal(HashEmbedder(384).embed_query("同样的文本"), emb.embed_query("同样的文本"))  # deterministic
+    with pytest.raises(ConfigError, match="hash:DIM"):
+        embedder_from_settings(Settings(home=tmp_path, embedder="hash:big"))
