@@ -71,7 +71,7 @@ def _render(stream, out) -> None:
         out.write("\n")
     else:
         out.write(answer.text + "\n")
-    if answer.finish_reason == "length":
+    if answer.finish_reason == "length" and not answer.refused:
         out.write("（回答达到长度上限 max_new_tokens，被截断）\n")
     if answer.refused:
         if answer.refused_by.startswith("gate:"):

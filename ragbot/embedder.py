@@ -118,6 +118,8 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
         if settings.embedder.startswith(OpenAIEmbedder.SCHEME):
             emb = OpenAIEmbedder.from_settings(settings)
             return True, f"served at {emb.server.base_url} ({emb.dim} dimensions)"
+        if settings.embedder.startswith(HashEmbedder.SCHEME):
+            return True, f"hashing ({HashEmbedder.from_spec(settings.embedder).dim} dimensions; NOT semantic)"
         if settings.embedder.startswith("bundle:") and not prepare:
             folder = settings.models_dir / settings.embedder[len("bundle:"):]
             return True, str(folder) if folder.is_dir() else "the offline bundle (built on first use)"
@@ -161,7 +163,9 @@ class OpenAIEmbedder:
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
         return cls(settings.embedder[len(cls.SCHEME):].strip(), settings.embedder_base_url or settings.llm_base_url,
-                   api_key=settings.embedder_api_key or settings.llm_api_key,
+                   # the LLM server's key only for the LLM server: never sent to another host
+                   api_key=settings.embedder_api_key or (settings.llm_api_key if settings.embedder_base_url in
+                                                         ("", settings.llm_base_url) else ""),
                    batch_size=max(settings.embed_batch_size, 32), query_prefix=settings.embedder_query_prefix,
                    document_prefix=settings.embedder_document_prefix,
                    connect_timeout_s=settings.llm_connect_timeout_s,

@@ -148,18 +148,23 @@ class Generator:
         citable = len(passages) if self.valid_markers else 0
         deltas = self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                         citable=citable)
-        while True:
-            try:
-                delta = next(deltas)
-            except StopIteration as stop:  # a backend's stream may return why it stopped ("length": cut short)
-                finish = stop.value if isinstance(stop.value, str) else ""
-                break
-            if first is None:
-                first = time.perf_counter()
-            raw.append(delta)
-            shown = filt.feed(delta)
-            if shown:
-                yield shown
+        try:
+            while True:
+                try:
+                    delta = next(deltas)
+                except StopIteration as stop:  # a backend's stream may return why it stopped ("length": cut short)
+                    finish = stop.value if isinstance(stop.value, str) else ""
+                    break
+                if first is None:
+                    first = time.perf_counter()
+                raw.append(delta)
+                shown = filt.feed(delta)
+                if shown:
+                    yield shown
+        finally:  # an answer abandoned half-way frees what its backend holds (a server slot, a connection)
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                close()
         tail = filt.flush()
         if tail:
             yield tail

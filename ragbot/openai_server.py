@@ -15,7 +15,7 @@ from ragbot.errors import LLMServerError, MissingExtraError
 
 # how servers say a prompt is too long: vLLM "maximum context length is 2048 tokens", llama.cpp "exceed context
 # window of 2048", "context_length_exceeded" (OpenAI), Ollama "input length exceeds the context length"
-_TOO_LONG = re.compile(r"context.{0,12}(length|window)|maximum context|too long|exceeds? the", re.I)
+_TOO_LONG = re.compile(r"context.{0,12}(length|window)|maximum context|context_length_exceeded", re.I)
 _SEMAPHORES: dict[str, threading.BoundedSemaphore] = {}
 _SEMAPHORES_LOCK = threading.Lock()
 
@@ -33,6 +33,10 @@ def openai_module():
         raise MissingExtraError("a setting names an OpenAI-compatible server ('openai:...'), which needs the openai "
                                 "client: pip install 'ragbot[openai]'") from None
     return openai
+
+
+class ContextTooLong(LLMServerError):
+    """The server said the input does not fit the model's context window."""
 
 
 class Timeout(Exception):
@@ -115,12 +119,16 @@ class OpenAIServer:
         if isinstance(e, openai.APIStatusError):
             message = _message(e)
             if _TOO_LONG.search(message):
-                return LLMServerError(f"{where}: the prompt is longer than the model's context ({message}); lower "
-                                      "top_k or max_passage_chars, or serve the model with a longer context")
+                knob = "top_k or max_passage_chars" if self.setting == "llm" else "chunk_size"
+                return ContextTooLong(f"{where}: the input is longer than the model's context ({message}); lower "
+                                      f"{knob}, or serve the model with a longer context")
             return LLMServerError(f"{where} answered HTTP {e.status_code}: {message}{cut}")
         if isinstance(e, openai.APITimeoutError):
-            return LLMServerError(f"{where} did not answer within {self.setting}_connect_timeout_s "
-                                  f"({self.connect_timeout_s:g} s): is it running and reachable?")
+            if "connect" in _cause(e).lower():
+                return LLMServerError(f"{where} could not be connected to within llm_connect_timeout_s "
+                                      f"({self.connect_timeout_s:g} s): is it running and reachable?")
+            return LLMServerError(f"{where} did not answer within {self.read_timeout_s:g} s: it may be overloaded; "
+                                  "raise llm_first_token_timeout_s or check the server")
         if isinstance(e, openai.APIConnectionError):
             return LLMServerError(f"no {self.role} server answers at {self.base_url} ({_cause(e)}): start it (e.g. "
                                   f"`python -m llama_cpp.server --model MODEL.gguf`) or fix {self.setting}_base_url")

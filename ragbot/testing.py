@@ -165,7 +165,9 @@ class FakeOpenAIServer:
             def _authorized(self) -> bool:
                 server.headers.append(self.headers.get("Authorization"))
                 if self.headers.get("Authorization") != f"Bearer {server.KEY}":
-                    self._json(401, {"error": {"message": "Invalid API Key", "type": "invalid_request_error"}})
+                    # echoes what it got, as some servers do: the client must not pass it on
+                    got = str(self.headers.get("Authorization"))
+                    self._json(401, {"error": {"message": f"Invalid API Key {got}", "type": "invalid_request_error"}})
                     return False
                 return True
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.errors import ConfigError
-from ragbot.settings import Settings, config_path
+from ragbot.settings import SECRETS, Settings, config_path
 from ragbot.store import IndexSpec
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parent / "assets" / "adapter"
@@ -77,6 +77,10 @@ def available(settings: Settings, config_file: Path | None = None) -> dict[str, 
             table = dict(table)
             description = table.pop("description", "defined in " + str(path))
             retrieval = table.pop("retrieval", True)
+            secrets = sorted(SECRETS & set(table))
+            if secrets:  # a variant's overrides are written into every evaluation's summary
+                raise ConfigError(f"variant {name!r} in {path} sets {', '.join(secrets)}: keys belong in the "
+                                  "environment (RAGBOT_LLM_API_KEY ...) or the [ragbot] table, never in a variant")
             variant = Variant(name, description, table, retrieval)
             try:
                 variant.settings(settings)

@@ -80,9 +80,9 @@ def adapter_gguf(adapter: Path, base_gguf: Path, cache_dir: Path) -> Path:
     if out.is_file():
         return out
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if config.get("use_dora") or config.get("use_rslora") or config.get("modules_to_save"):
-        raise ConfigError(f"adapter ({adapter}) uses DoRA, rsLoRA or modules_to_save, which llama.cpp adapters "
-                          "cannot carry; use the transformers backend for it")
+    if any(config.get(k) for k in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern", "alpha_pattern")):
+        raise ConfigError(f"adapter ({adapter}) uses DoRA, rsLoRA, modules_to_save or per-module ranks, which a "
+                          "llama.cpp adapter (one alpha / r) cannot carry; use the transformers backend for it")
     base = gguf.GGUFReader(str(base_gguf))
     arch = bytes(base.fields["general.architecture"].parts[-1]).decode()
     blocks = int(base.fields[f"{arch}.block_count"].parts[-1][0])
@@ -139,11 +139,13 @@ class LlamaCppChatModel:
         lora = {}
         if self.adapter:
             lora["lora_path"] = str(adapter_gguf(Path(self.adapter), self.path, self.models_dir / "adapters"))
-        llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
-                              n_threads_batch=self.threads, n_batch=512, seed=self.seed, verbose=False, **lora)
-        if self.adapter and not llm._lora_adapter:  # llama-cpp-python does not check the loader's NULL
-            raise ConfigError(f"llama.cpp could not load adapter {self.adapter} for {self.path.name}: was it "
-                              "trained on this model?")
+        try:
+            llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
+                                  n_threads_batch=self.threads, n_batch=512, seed=self.seed, verbose=False, **lora)
+        except (RuntimeError, ValueError) as e:
+            what = f"adapter {self.adapter} on {self.path.name}" if self.adapter else str(self.path)
+            raise ConfigError(f"llama.cpp could not load {what} ({e}): is it a GGUF model (and an adapter trained "
+                              "on it)?") from None
         texts, controls = _vocab_texts(llama_cpp, llm)
         self.vocab = MarkerVocab.from_texts(texts)
         self._controls = control_pattern(controls)
@@ -171,8 +173,7 @@ class LlamaCppChatModel:
         processor = _Constraints(self.vocab, MarkerRules(self.vocab, citable, self._decode))
         sampling = ({"temperature": temperature, "top_p": 0.9} if temperature > 0
                     else {"temperature": 0.0, "top_k": 1})
-        with self._lock:
-            self.llm.reset()
+        with self._lock:  # no reset(): llama.cpp reuses the KV cache of the prompt prefix shared with the last one
             chunks = self.llm.create_chat_completion(
                 neutralize_controls(messages, self._controls), stream=True, max_tokens=max_new_tokens,
                 logits_processor=LogitsProcessorList([processor]), repeat_penalty=1.0, min_p=0.0, seed=self.seed,
@@ -232,12 +233,15 @@ def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str]]:
     vocab = llm._model.vocab
     buf = ctypes.create_string_buffer(256)
     texts, controls = [], set()
-    control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
     for i in range(llm.n_vocab()):
         n = llama_cpp.llama_token_to_piece(vocab, i, buf, 256, 0, True)
         piece = buf.raw[:max(n, 0)].decode("utf-8", "replace")
-        if llama_cpp.llama_vocab_get_attr(vocab, i) & control:
+        attr = llama_cpp.llama_vocab_get_attr(vocab, i)
+        # control and added tokens, less whitespace and plain words (as hf.control_tokens does for transformers)
+        if attr & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED) and not (
+                piece.isspace() or piece.isalnum()):
             controls.add(piece)
+        if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
             piece = ""  # a control token writes nothing into an answer
         texts.append(piece)
     return texts, controls

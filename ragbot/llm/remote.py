@@ -23,7 +23,7 @@ from typing import Any
 
 from ragbot.errors import LLMServerError
 from ragbot.llm.base import degenerate
-from ragbot.openai_server import OpenAIServer, Timeout, Truncated, retryable, semaphore
+from ragbot.openai_server import ContextTooLong, OpenAIServer, Timeout, Truncated, retryable, semaphore
 from ragbot.settings import Settings
 from ragbot.types import Message
 
@@ -32,15 +32,17 @@ _WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "n_ctx", "m
 
 
 def estimate_tokens(messages: list[Message]) -> int:
-    """An upper estimate of the prompt's tokens without the server's tokenizer: one per CJK character, one per
-    three other characters, plus a few per message for the chat template. BPE vocabularies of current models
-    give fewer (Qwen2.5: ~0.7 per Chinese character), so a clamp from it never overruns the window."""
+    """A generous estimate of the prompt's tokens without the server's tokenizer: one per character outside
+    ASCII letters (CJK, digits, which Qwen splits one by one, punctuation, other scripts), one per three ASCII
+    letters, a few per message for the chat template, and 10% on top. BPE vocabularies of current models give
+    fewer (Qwen2.5: ~0.7 per Chinese character); a server that still finds too little room says so, and the
+    error names the window."""
     total = 0
     for m in messages:
         text = m["content"]
-        cjk = sum(1 for c in text if ord(c) >= 0x2E80)
-        total += cjk + (len(text) - cjk + 2) // 3 + 8
-    return total + 8
+        letters = sum(1 for c in text if c.isascii() and c.isalpha())
+        total += (len(text) - letters) + (letters + 2) // 3 + 8
+    return int((total + 8) * 1.1)
 
 
 class OpenAIChatModel:
@@ -116,7 +118,10 @@ class OpenAIChatModel:
         """
         request = {"model": self.model, "messages": [dict(m) for m in messages], "stream": True,
                    "max_tokens": self.max_tokens(messages, max_new_tokens), "temperature": temperature}
-        with self._slots:
+        if not self._slots.acquire(timeout=self.first_token_timeout_s):
+            raise LLMServerError(f"{self.base_url}: all llm_concurrency slots of this process stayed busy for "
+                                 f"{self.first_token_timeout_s:g} s; raise llm_concurrency or ask again")
+        try:
             for attempt in range(self.retries + 1):
                 pieces = _Watched(lambda: self.server.client.chat.completions.create(**request),
                                   self.first_token_timeout_s, self.idle_timeout_s)
@@ -134,12 +139,17 @@ class OpenAIChatModel:
                         raise Truncated()
                     return finish
                 except Exception as e:
-                    if text or not retryable(e) or attempt == self.retries:
+                    if isinstance(e, Timeout) and finish:  # silent after its finish_reason: the answer is whole
+                        return finish
+                    # a timeout is not retried: the server is busy or stuck, and a second request adds to it
+                    if text or isinstance(e, Timeout) or not retryable(e) or attempt == self.retries:
                         why = self._diagnose(messages) if isinstance(e, Truncated) and not text else None
                         raise (why or self.server.error(e, text)) from None
                     time.sleep(min(4.0, 0.5 * 2 ** attempt))
                 finally:
                     pieces.close()
+        finally:
+            self._slots.release()
         return "stop"  # not reached
 
     def _diagnose(self, messages: list[Message]) -> LLMServerError | None:
@@ -151,7 +161,7 @@ class OpenAIChatModel:
                 model=self.model, messages=[dict(m) for m in messages], max_tokens=1, temperature=0.0)
         except Exception as e:
             error = self.server.error(e)
-            return error if "context" in str(error) else None
+            return error if isinstance(error, ContextTooLong) else None
         return None
 
 

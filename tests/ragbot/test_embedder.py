@@ -90,3 +90,19 @@ def test_the_hashing_embedder_for_scale_tests(tmp_path):
     assert np.array_equal(HashEmbedder(384).embed_query("同样的文本"), emb.embed_query("同样的文本"))  # deterministic
     with pytest.raises(ConfigError, match="hash:DIM"):
         embedder_from_settings(Settings(home=tmp_path, embedder="hash:big"))
+
+
+def test_the_llm_key_goes_only_to_the_llm_server(server, tmp_path):
+    same = OpenAIEmbedder.from_settings(settings_for(server, tmp_path))
+    assert same.server._api_key == server.KEY  # one server for both: its key
+    other = OpenAIEmbedder.from_settings(settings_for(server, tmp_path, embedder_base_url="http://127.0.0.1:9/v1"))
+    assert other.server._api_key == ""  # another host never gets the LLM server's key
+    own = settings_for(server, tmp_path, embedder_base_url="http://127.0.0.1:9/v1", embedder_api_key="sk-emb")
+    assert OpenAIEmbedder.from_settings(own).server._api_key == "sk-emb"
+
+
+def test_prepare_check_knows_every_embedder_kind(server, tmp_path):
+    from ragbot.embedder import check
+
+    assert check(settings_for(server, tmp_path)) == (True, f"served at {server.url} (32 dimensions)")
+    assert check(Settings(home=tmp_path, embedder="hash:384"))[0]

@@ -89,8 +89,10 @@ def test_a_peft_adapter_becomes_a_llamacpp_lora_gguf(tmp_path):
     assert shapes["blk.0.ffn_down.weight.lora_a"] == (16, 2) and shapes["blk.0.ffn_down.weight.lora_b"] == (2, 8)
     assert len(shapes) == 8
     assert adapter_gguf(tmp_path / "adapter", base, tmp_path / "cache") == out  # cached by content
-    with pytest.raises(ConfigError, match="DoRA, rsLoRA or modules_to_save"):
+    with pytest.raises(ConfigError, match="DoRA, rsLoRA, modules_to_save or per-module ranks"):
         adapter_gguf(_peft_folder(tmp_path / "dora", use_dora=True), base, tmp_path / "cache")
+    with pytest.raises(ConfigError, match="per-module ranks"):
+        adapter_gguf(_peft_folder(tmp_path / "ranks", rank_pattern={"q_proj": 4}), base, tmp_path / "cache")
     with pytest.raises(ConfigError, match="not a peft LoRA folder"):
         adapter_gguf(tmp_path, base, tmp_path / "cache")
 

@@ -135,6 +135,23 @@ def test_a_server_that_dies_mid_stream_raises_after_the_partial_text(server):
     assert got == ["LoRA 只训练"]
 
 
+def test_an_abandoned_or_timed_out_answer_frees_its_slot(server):
+    server.pieces = ["一", "二", "三", "四"]
+    server.gap = 0.2
+    m = model(server, concurrency=1)
+    passages = [ScoredChunk(Chunk(id="a", doc_id="d", text="一二三四。", source="a.md"), 1.0, "rerank")]
+    stream = Generator(m).stream("数一数", passages)
+    next(iter(stream))  # the first piece shown, then the user moves on
+    stream = None  # noqa: F841  (dropped: the generator closes, the backend's slot is released)
+    assert model(server, concurrency=1).generate(MESSAGES, max_new_tokens=8) == "一二三四"
+    server.first_delay, server.gap = 1.0, 0.0
+    with pytest.raises(LLMServerError, match="before the first token"):
+        model(server, concurrency=1, first_token_timeout_s=0.3, retries=2).generate(MESSAGES, max_new_tokens=8)
+    assert len(server.requests) == 3  # the timed-out request was not retried on top of the busy server
+    server.first_delay = 0.0
+    assert model(server, concurrency=1).generate(MESSAGES, max_new_tokens=8) == "一二三四"
+
+
 def test_retries_only_before_the_first_token(server):
     server.fail_first = 2
     assert model(server, retries=2).generate(MESSAGES, max_new_tokens=8).startswith("LoRA")

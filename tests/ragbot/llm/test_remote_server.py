@@ -136,7 +136,7 @@ def test_a_wrong_key_is_a_clear_error(server):
 
 def test_a_prompt_longer_than_the_context_is_a_clear_error(server):
     long = [{"role": "user", "content": "低秩矩阵。" * 1200}]  # ~2,400+ tokens for a 2,048-token window
-    with pytest.raises(LLMServerError, match="context"):
+    with pytest.raises(LLMServerError, match="longer than the model's context .*maximum context length is 2048"):
         model(server).generate(long, max_new_tokens=16)
     # told the window, the client refuses before sending
     with pytest.raises(LLMServerError, match=f"does not fit the context window .*{CONTEXT} tokens"):
