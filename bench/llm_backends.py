@@ -153,7 +153,8 @@ def main() -> int:
     from ragbot.bundle import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(BUNDLED_LLM, settings.models_dir))
-    prompt_tokens = [len(tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in prompts]
+    prompt_tokens = [len(tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
+                     for m in prompts]
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
