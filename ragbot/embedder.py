@@ -120,12 +120,10 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
             return True, f"served at {emb.server.base_url} ({emb.dim} dimensions)"
         if settings.embedder.startswith(HashEmbedder.SCHEME):
             return True, f"hashing ({HashEmbedder.from_spec(settings.embedder).dim} dimensions; NOT semantic)"
-        if settings.embedder.startswith("bundle:") and not prepare:
-            folder = settings.models_dir / settings.embedder[len("bundle:"):]
-            return True, str(folder) if folder.is_dir() else "the offline bundle (built on first use)"
-        from ragbot.bundle import resolve_model
+        from ragbot.bundle import locate_model
 
-        return True, resolve_model(settings.embedder, settings.models_dir, allow_downloads=settings.allow_downloads)
+        return True, locate_model(settings.embedder, settings.models_dir, build=prepare,
+                                  allow_downloads=settings.allow_downloads)
     except RagbotError as e:
         return False, str(e)
 
@@ -186,9 +184,7 @@ class OpenAIEmbedder:
         return self._dim
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        import time
-
-        from ragbot.openai_server import retryable
+        from ragbot.openai_server import backoff, retryable
 
         for attempt in range(self.retries + 1):
             try:
@@ -199,7 +195,7 @@ class OpenAIEmbedder:
             except Exception as e:
                 if not retryable(e) or attempt == self.retries:
                     raise self.server.error(e) from None
-                time.sleep(min(4.0, 0.5 * 2 ** attempt))
+                backoff(attempt)
         rows = sorted(response.data, key=lambda d: d.index)
         vectors = np.asarray([d.embedding for d in rows], dtype=np.float32)
         if vectors.shape[0] != len(texts):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from typing import Any
 
 from ragbot.errors import LLMServerError, MissingExtraError
@@ -133,6 +134,11 @@ class OpenAIServer:
             return LLMServerError(f"no {self.role} server answers at {self.base_url} ({_cause(e)}): start it (e.g. "
                                   f"`python -m llama_cpp.server --model MODEL.gguf`) or fix {self.setting}_base_url")
         return LLMServerError(f"{where} failed{cut}: {_cause(e)}; ask again")
+
+
+def backoff(attempt: int) -> None:
+    """Wait before retry ``attempt + 1``: 0.5 s, 1 s, 2 s, ... at most 4 s."""
+    time.sleep(min(4.0, 0.5 * 2 ** attempt))
 
 
 def retryable(e: Exception) -> bool:

@@ -41,6 +41,15 @@ def resolve_model(spec: str, models_dir: Path, *, allow_downloads: bool = False,
     return spec
 
 
+def locate_model(spec: str, models_dir: Path, *, build: bool = True, allow_downloads: bool = False) -> str:
+    """Where a model setting comes from, for ``ragbot prepare``: :func:`resolve_model`'s answer, except that with
+    ``build=False`` a ``bundle:`` model not built yet is described, not built (``--check`` builds nothing)."""
+    if spec.startswith(BUNDLE_PREFIX) and not build:
+        folder = Path(models_dir) / spec[len(BUNDLE_PREFIX):]
+        return str(folder) if folder.is_dir() else "the offline bundle (built on first use)"
+    return resolve_model(spec, models_dir, allow_downloads=allow_downloads)
+
+
 def _in_hub_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache

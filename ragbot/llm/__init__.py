@@ -97,13 +97,9 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
             if importlib.util.find_spec("llama_cpp") is None:
                 return False, f"{path}; llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
             return True, path
-        from ragbot.bundle import resolve_model
+        from ragbot.bundle import locate_model
 
-        if settings.llm.startswith("bundle:") and not prepare:
-            folder = settings.models_dir / settings.llm[len("bundle:"):]
-            where = str(folder) if folder.is_dir() else "the offline bundle (built on first use)"
-        else:
-            where = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
+        where = locate_model(settings.llm, settings.models_dir, build=prepare, allow_downloads=settings.allow_downloads)
         adapter = f" + LoRA adapter {settings.adapter}" if settings.adapter else ""
         return True, f"{where}{adapter}"
     except RagbotError as e:

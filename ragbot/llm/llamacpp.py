@@ -154,12 +154,6 @@ class LlamaCppChatModel:
     def _decode(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids).decode("utf-8", "replace")
 
-    def count_tokens(self, messages: list[Message]) -> int:
-        """Tokens of the prompt the chat template makes of ``messages``."""
-        self.warm_up()
-        prompt = self.llm.tokenize(_template_text(self.llm, messages).encode(), add_bos=False, special=True)
-        return len(prompt)
-
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  citable: int = 0) -> str:
         return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
@@ -245,13 +239,3 @@ def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str]]:
             piece = ""  # a control token writes nothing into an answer
         texts.append(piece)
     return texts, controls
-
-
-def _template_text(llm, messages: list[Message]) -> str:
-    """The prompt text the GGUF's chat template makes of ``messages`` (with the generation prompt)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llm.metadata.get("tokenizer.chat_template", "")
-    eos = llm._model.token_get_text(llm.token_eos())
-    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
-    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
 from ragbot.errors import LLMServerError
 from ragbot.llm.base import degenerate
-from ragbot.openai_server import ContextTooLong, OpenAIServer, Timeout, Truncated, retryable, semaphore
+from ragbot.openai_server import (ContextTooLong, OpenAIServer, Timeout, Truncated, backoff, retryable,
+                                  semaphore)
 from ragbot.settings import Settings
 from ragbot.types import Message
 
@@ -145,7 +145,7 @@ class OpenAIChatModel:
                     if text or isinstance(e, Timeout) or not retryable(e) or attempt == self.retries:
                         why = self._diagnose(messages) if isinstance(e, Truncated) and not text else None
                         raise (why or self.server.error(e, text)) from None
-                    time.sleep(min(4.0, 0.5 * 2 ** attempt))
+                    backoff(attempt)
                 finally:
                     pieces.close()
         finally:
