@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ragbot.settings import Settings
+from ragbot.settings import Settings, embedder_identity
 
 
 @runtime_checkable
@@ -93,15 +93,6 @@ class SentenceTransformerEmbedder:
         self.warm_up()
         return self._model.encode([text], prompt_name=self._query_prompt, normalize_embeddings=True,
                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float32)[0]
-
-
-def embedder_identity(settings: Settings) -> str:
-    """What the index manifest records as the embedder: the spec, plus the prefixes a server embedder puts before
-    questions and chunks (they change the vectors). Unchanged for every other embedder."""
-    if not (settings.embedder_query_prefix or settings.embedder_document_prefix):
-        return settings.embedder
-    return (f"{settings.embedder} (query prefix {settings.embedder_query_prefix!r}, "
-            f"document prefix {settings.embedder_document_prefix!r})")
 
 
 def embedder_key(settings: Settings) -> tuple:

@@ -214,3 +214,12 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
     except ValueError:
         raise ConfigError(f"RAGBOT_{name.upper()}={raw!r} is not a valid {' or '.join(t.__name__ for t in base)}") from None
     return raw
+
+
+def embedder_identity(settings: Settings) -> str:
+    """What the index manifest records as the embedder: the spec, plus the prefixes a server embedder puts before
+    questions and chunks (they change the vectors). Unchanged for every other embedder."""
+    if not (settings.embedder_query_prefix or settings.embedder_document_prefix):
+        return settings.embedder
+    return (f"{settings.embedder} (query prefix {settings.embedder_query_prefix!r}, "
+            f"document prefix {settings.embedder_document_prefix!r})")

@@ -41,6 +41,7 @@ import numpy as np
 
 from ragbot.errors import (IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError,
                            MissingExtraError)
+from ragbot.settings import embedder_identity
 from ragbot.types import Chunk
 
 if TYPE_CHECKING:
@@ -99,8 +100,6 @@ class IndexSpec:
 
         ``dim`` is the embedder's dimension when it is loaded; without it, that one check is skipped.
         """
-        from ragbot.embedder import embedder_identity
-
         return cls(embedder_identity(settings), dim,
                    chunking_spec(settings.chunk_size, settings.chunk_overlap, settings.chunker))
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragbot.embedder import OpenAIEmbedder, embedder_from_settings, embedder_identity
+from ragbot.embedder import OpenAIEmbedder, embedder_from_settings
 from ragbot.errors import ConfigError, LLMServerError
-from ragbot.settings import Settings
+from ragbot.settings import Settings, embedder_identity
 from ragbot.store import IndexSpec
 from ragbot.testing import FakeOpenAIServer
 
