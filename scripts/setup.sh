@@ -28,4 +28,11 @@ echo "Installing ragbot[$extras] into $venv (first run takes a few minutes) ..."
 # llama-cpp-python builds llama.cpp from source; its multimodal library (LLAVA_BUILD) is not used by ragbot
 case ",$extras," in *,llamacpp,*) export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" ;; esac
 "$venv/bin/python" -m pip install -q -e ".[$extras]"
+# A fresh CI machine once ended up without one of streamlit's own requirements (altair) after a clean install:
+# check the environment and let pip fill in what is missing once.
+if ! "$venv/bin/python" -m pip check >/dev/null; then
+    echo "pip check found missing or broken requirements; installing them again ..." >&2
+    "$venv/bin/python" -m pip install -q -e ".[$extras]"
+    "$venv/bin/python" -m pip check >&2 || echo "warning: pip check still reports the problems above; if ragbot fails, remove $venv and run again" >&2
+fi
 echo "$want" > "$stamp"
