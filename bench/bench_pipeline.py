@@ -53,6 +53,18 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
+def gguf_bytes_per_token(path) -> int:
+    """Bytes of a GGUF model's weights read per decoded token: every tensor, less the token embedding table
+    (one row of it is read) unless the output matrix is tied to it (no ``output.weight``: then it is read whole)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
+    total = sum(tensors.values())
+    if "output.weight" in tensors:
+        total -= tensors.get("token_embd.weight", 0)
+    return total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="../shared/corpus")

@@ -7,7 +7,8 @@ Retrieval runs once; every backend then answers the same messages (the grounded 
 ``max_new_tokens`` from the settings, greedy). Per backend: time to first token (p50/p95), decode tokens/s
 (median over answers; tokens counted with the bundled tokenizer, which all three share), seconds per answer,
 and the decode bound: measured memory bandwidth / bytes of weights read per token (the linear layers' weights
-for transformers; the GGUF file for llama.cpp, whose tied output matrix is read whole every token).
+for transformers; for llama.cpp every GGUF tensor but the token embedding table, of which one row is read,
+as the GGUF keeps the output matrix apart from it).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_pipeline import memory_bandwidth_gbs, weight_bytes_per_token  # noqa: E402
+from bench.bench_pipeline import gguf_bytes_per_token, memory_bandwidth_gbs, weight_bytes_per_token  # noqa: E402
 from ragbot.finetune.train import cpu_has_bf16  # noqa: E402
 from ragbot.llm import chat_model_from_settings  # noqa: E402
 from ragbot.pipeline import RagPipeline  # noqa: E402
 from ragbot.prompt import build_messages  # noqa: E402
-from ragbot.settings import BUNDLED_LLM, Settings  # noqa: E402
+from ragbot.settings import BUNDLED_LLM, LLAMACPP_LLM, Settings  # noqa: E402
 
 
 def backends(settings: Settings, only: list[str]) -> dict[str, Settings]:
@@ -36,7 +37,11 @@ def backends(settings: Settings, only: list[str]) -> dict[str, Settings]:
     found = {"transformers-int8": settings.replace(llm=BUNDLED_LLM, llm_precision="int8")}
     if cpu_has_bf16():
         found["transformers-bf16"] = settings.replace(llm=BUNDLED_LLM, llm_precision="bf16")
-    found["llamacpp"] = settings.replace(llm="llamacpp:bundle")
+    found["llamacpp"] = settings.replace(llm=LLAMACPP_LLM)  # the bundle requantised to Q4_0
+    if "llamacpp-q4_k_m" in only:  # the bundled GGUF as it is (mostly Q5_0: see bundled_cpu_gguf)
+        from ragbot.llm.llamacpp import bundled_gguf
+
+        found["llamacpp-q4_k_m"] = settings.replace(llm=f"llamacpp:{bundled_gguf(settings.models_dir)}")
     return {k: v for k, v in found.items() if not only or k in only}
 
 
@@ -66,8 +71,8 @@ def run_backend(name: str, settings: Settings, prompts: list[list[dict]], count)
                 decode.append((n - 1) / (stamps[-1] - stamps[0]))
         print(f"  {name} {i + 1}/{len(prompts)}: {n} tokens, first {ttft[-1] if stamps else 0:.0f} ms, "
               f"{total[-1]:.1f} s", file=sys.stderr, flush=True)
-    if name == "llamacpp":
-        weights = model.path.stat().st_size
+    if name.startswith("llamacpp"):
+        weights = gguf_bytes_per_token(model.path)
     else:
         weights = weight_bytes_per_token(model.model)
     out = {"load_s": round(load_s, 1), "first_token_ms_p50": round(float(np.percentile(ttft, 50))),
@@ -89,13 +94,13 @@ def run_server(settings: Settings, prompts: list[list[dict]], count, concurrency
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from ragbot.llm.llamacpp import bundled_gguf
+    from ragbot.llm.llamacpp import resolve_gguf
     from ragbot.llm.remote import OpenAIChatModel
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    gguf = bundled_gguf(settings.models_dir)
+    gguf = resolve_gguf("bundle", settings.models_dir)
     threads = str(settings.num_threads or len(os.sched_getaffinity(0)))
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "qwen",
@@ -136,7 +141,9 @@ def main() -> int:
     ap.add_argument("--index", type=Path, help="index to retrieve from (default: the settings' index)")
     ap.add_argument("--qa", default="../shared/eval/dev_qa.jsonl")
     ap.add_argument("--questions", type=int, default=40)
-    ap.add_argument("--backend", action="append", default=[], help="only these (repeatable)")
+    ap.add_argument("--backend", action="append", default=[],
+                    help="only these (repeatable): transformers-int8, transformers-bf16, llamacpp, and llamacpp-q4_k_m "
+                         "(the bundled GGUF as it is; only when named)")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
     ap.add_argument("--server", type=int, default=4, metavar="N",
                     help="also ask llama.cpp's OpenAI-compatible server N questions at a time (0: skip)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragbot.errors import ConfigError
-from ragbot.settings import SECRETS, Settings, config_path
+from ragbot.settings import BUNDLED_LLM, LLAMACPP_LLM, SECRETS, Settings, config_path
 from ragbot.store import IndexSpec
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parent / "assets" / "adapter"
@@ -49,8 +49,10 @@ BUILTIN: dict[str, Variant] = {
         Variant("finetuned",
                 "the default pipeline with the LoRA adapter in ragbot/assets/adapter (scripts/train_adapter.sh)",
                 {"adapter": str(SHIPPED_ADAPTER)}),
-        Variant("llamacpp", "the default pipeline, the bundled LLM run by llama.cpp (its Q4_K_M GGUF as it is)",
-                {"llm": "llamacpp:bundle"}),
+        Variant("llamacpp", "the default pipeline, the bundled LLM run by llama.cpp (requantised to Q4_0)",
+                {"llm": LLAMACPP_LLM}),
+        Variant("transformers", "the default pipeline, the bundled LLM run by transformers in-process "
+                "(int8 on CPUs, bf16 on GPUs)", {"llm": BUNDLED_LLM}),
     )
 }
 

@@ -5,7 +5,13 @@
 # opens it to the network, which is meant for behind an authenticating reverse proxy (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh cpu,ui
+# llama.cpp answers better and faster on CPUs (README, "LLM backends"); its extra builds it from source (~4 min on
+# 2 cores). Without a C++ compiler that build fails: then ragbot answers with transformers instead.
+if ! scripts/setup.sh cpu,ui,llamacpp; then
+    echo "warning: llama.cpp could not be built (is a C++ compiler installed? apt install g++); answering with" \
+         "transformers instead" >&2
+    scripts/setup.sh cpu,ui
+fi
 export RAGBOT_HOME="${RAGBOT_HOME:-$PWD/data}"
 .venv/bin/ragbot ingest corpus/ --prune
 address="${RAGBOT_ADDRESS:-127.0.0.1}"

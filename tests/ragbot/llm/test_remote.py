@@ -16,7 +16,7 @@ pytest.importorskip("openai")
 from ragbot.errors import LLMServerError  # noqa: E402
 from ragbot.generation import Generator  # noqa: E402
 from ragbot.llm.remote import OpenAIChatModel, estimate_tokens  # noqa: E402
-from ragbot.settings import Settings  # noqa: E402
+from ragbot.settings import BUNDLED_LLM, Settings  # noqa: E402
 from ragbot.testing import FakeOpenAIServer as FakeServer  # noqa: E402
 from ragbot.types import Chunk, ScoredChunk  # noqa: E402
 
@@ -193,7 +193,8 @@ def test_the_llm_setting_picks_the_backend_and_says_which(server):
     settings = Settings(llm="openai:qwen", llm_base_url=server.url, llm_api_key=KEY)
     assert backend(settings) == "openai" and isinstance(chat_model_from_settings(settings), OpenAIChatModel)
     assert describe(settings) == f"OpenAI-compatible server · qwen @ {server.url}"
-    assert backend(Settings()) == "transformers" and describe(Settings()).startswith("transformers")
+    transformers = Settings(llm=BUNDLED_LLM)
+    assert backend(transformers) == "transformers" and describe(transformers).startswith("transformers")
     with pytest.raises(ConfigError, match="serve it there .*--enable-lora"):
         chat_model_from_settings(settings.replace(adapter="/some/adapter"))
     with pytest.raises(ConfigError, match=r"llm_base_url \(''\) must be the server's http\(s\) URL"):
