@@ -49,7 +49,7 @@ BUILTIN: dict[str, Variant] = {
         Variant("finetuned",
                 "the default pipeline with the LoRA adapter in ragbot/assets/adapter (scripts/train_adapter.sh)",
                 {"adapter": str(SHIPPED_ADAPTER)}),
-        Variant("llamacpp", "the default pipeline, the bundled LLM run by llama.cpp (requantised to Q4_0)",
+        Variant("llamacpp", "the default pipeline, the bundled LLM run by llama.cpp (requantised to IQ4_NL)",
                 {"llm": LLAMACPP_LLM}),
         Variant("transformers", "the default pipeline, the bundled LLM run by transformers in-process "
                 "(int8 on CPUs, bf16 on GPUs)", {"llm": BUNDLED_LLM}),

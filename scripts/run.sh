@@ -13,6 +13,7 @@ if ! scripts/setup.sh cpu,ui,llamacpp; then
     scripts/setup.sh cpu,ui
 fi
 export RAGBOT_HOME="${RAGBOT_HOME:-$PWD/data}"
+.venv/bin/ragbot prepare  # the offline models, once (later runs check them in a second)
 .venv/bin/ragbot ingest corpus/ --prune
 address="${RAGBOT_ADDRESS:-127.0.0.1}"
 port="${RAGBOT_PORT:-8501}"

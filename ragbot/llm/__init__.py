@@ -66,7 +66,11 @@ def describe(settings: Settings) -> str:
         return f"OpenAI-compatible server · {settings.llm[len('openai:'):]} @ {settings.llm_base_url}"
     adapter = f" + LoRA {settings.adapter}" if settings.adapter else ""
     if backend(settings) == "llamacpp":
-        return f"llama.cpp (in-process) · {settings.llm[len('llamacpp:'):]}{adapter}"
+        from ragbot.llm.llamacpp import CPU_GGUF_TYPE
+
+        spec = settings.llm[len("llamacpp:"):]
+        model = f"bundle ({CPU_GGUF_TYPE})" if spec == "bundle" else spec
+        return f"llama.cpp (in-process) · {model}{adapter}"
     return f"transformers (in-process, {settings.llm_precision}) · {settings.llm}{adapter}"
 
 
@@ -92,7 +96,7 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
             if importlib.util.find_spec("llama_cpp") is None:
                 return False, "llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
             if spec == "bundle" and not prepare and not cpu_gguf_path(settings.models_dir).is_file():
-                return True, "the bundled GGUF requantised to Q4_0 (made on first use or by `ragbot prepare`)"
+                return True, "the bundled GGUF requantised to IQ4_NL (made on first use or by `ragbot prepare`)"
             return True, str(resolve_gguf(spec, settings.models_dir))
         from ragbot.bundle import locate_model
 

@@ -72,3 +72,7 @@ def test_llm_auto_is_llamacpp_on_the_cpu_when_its_extra_is_installed(monkeypatch
     assert s.llm == expected  # resolved once: manifests, records and the sidebar see the concrete backend
     assert Settings.load(env={"RAGBOT_LLM": "auto", "RAGBOT_DEVICE": device}).llm == expected
     assert s.replace(top_k=3).llm == expected and Settings(llm=BUNDLED_LLM, device=device).llm == BUNDLED_LLM
+    from ragbot.llm import describe
+
+    assert describe(s) == ("llama.cpp (in-process) · bundle (IQ4_NL)" if expected == LLAMACPP_LLM
+                           else f"transformers (in-process, {s.llm_precision}) · {BUNDLED_LLM}")

@@ -104,7 +104,7 @@ def test_the_converted_adapter_answers_as_transformers_does(models_dir, tmp_path
     """The shipped adapter through llama.cpp (Q4_K_M base + converted LoRA) gives the same greedy answers as
     transformers (bf16 base + merged LoRA) on a few grounded prompts. The base is the joined Q4_K_M file, whose
     weights transformers dequantises, so a difference can only come from the conversion (``llamacpp:bundle``
-    runs a Q4_0 requantisation of it, whose answers differ by quantisation alone)."""
+    runs an IQ4_NL requantisation of it, whose answers differ by quantisation alone)."""
     pytest.importorskip("llama_cpp")
     from ragbot.generation import Generator
     from ragbot.llm.hf import HFChatModel
