@@ -3,7 +3,8 @@
 The model sees the passages numbered [1]..[n] and cites them as ``[n]``. Whatever it writes:
 
 * :func:`clean_citations` normalises every marker (``[1,2]``, ``【3】``, ``[资料1]``, ``[1-3]``) to ``[n]``
-  and drops numbers that name no given passage (counted as ``invalid``);
+  and drops numbers that name no given passage (counted as ``invalid``); brackets inside code (a fenced
+  block or an inline span) are code, not markers, and stay as written;
 * a citation whose passage hardly holds its sentence moves to the passage that clearly does
   (the small model often copies a sentence from one passage and cites its neighbour);
 * :func:`align_citations` gives the sentences of an answer that cites nothing the passage they
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragbot.settings import REFUSAL
-from ragbot.text import bigrams, sentence_spans, sentences
+from ragbot.text import bigrams, in_code, sentence_spans, sentences
 from ragbot.types import ScoredChunk
 
 OPEN, CLOSE = "[【［", "]】］"  # brackets a marker may use: ASCII, Chinese lenticular, full-width
@@ -49,6 +50,8 @@ def clean_citations(text: str, n_passages: int) -> CleanResult:
 
     def repl(m: re.Match[str]) -> str:
         nonlocal invalid
+        if in_code(text[:m.start(2)]):  # code (``[1,2,3]`` in a snippet) stays as written
+            return m.group(0)
         lead, numbers = m.group(1), _expand(m.group(3))  # group 2 is the whole marker, 3 its numbers
         valid = [n for n in numbers if 1 <= n <= n_passages]
         invalid += len(numbers) - len(valid)
@@ -174,7 +177,7 @@ class CitationStreamFilter:
         body = pending.lstrip(" \t")
         lead = pending[:len(pending) - len(body)]
         marker = MARKER.fullmatch(body)
-        if marker is None:
+        if marker is None or in_code(before + lead):  # code (``[1,2,3]`` in a snippet) stays as written
             return pending
         numbers = _expand(marker.group(1))
         valid = [n for n in numbers if 1 <= n <= self.n]
@@ -210,12 +213,15 @@ def align_citations(answer: str, passages: Sequence[ScoredChunk], min_overlap: f
         return answer, 0
     grams = [bigrams(p.chunk.text) for p in passages]
     added = 0
-    lines = []
+    lines: list[str] = []
     for line in answer.split("\n"):
-        out = []
+        if "```" in line or in_code("\n".join(lines) + "\n"):  # code blocks are quoted as they are
+            lines.append(line)
+            continue
+        out: list[str] = []
         for sentence in sentences(line):
             sg = bigrams(sentence)
-            if CITED.search(sentence) or len(sg) < 4:
+            if CITED.search(sentence) or len(sg) < 4 or in_code("".join(out) + sentence):
                 out.append(sentence)
                 continue
             scores = [len(sg & g) / len(sg) for g in grams]

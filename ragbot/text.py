@@ -103,3 +103,11 @@ def sentences(text: str, ends: str = SENTENCE_ENDS) -> list[str]:
     []
     """
     return [text[s:e] for s, e in sentence_spans(text, ends)]
+
+
+def in_code(text: str) -> bool:
+    """Whether the end of ``text`` is inside a Markdown code fence or an inline code span: brackets there are
+    code (``x[0]``, ``[1,2,3]``), never citation markers."""
+    if text.count("```") % 2:
+        return True
+    return text.replace("```", "").count("`") % 2 == 1

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ragbot.citations import CLOSE, OPEN
+from ragbot.text import in_code
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,6 @@ class MarkerVocab:
             opens=ids(just_open), chained=ids(lambda t: just_open(t) and t.strip(" ")[0] in close),
             digits=digits, closes_first=ids(lambda t: t[0] in close),
             word_end=ids(lambda t: t[-1].isascii() and (t[-1].isalnum() or t[-1] == "_")))
-
-
-def in_code(text: str) -> bool:
-    """Whether the end of ``text`` is inside a code fence or an inline code span."""
-    if text.count("```") % 2:
-        return True
-    return text.replace("```", "").count("`") % 2 == 1
 
 
 class MarkerRules:

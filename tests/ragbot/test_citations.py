@@ -37,6 +37,23 @@ def test_clean_citations(raw, n, text, cited, invalid):
     assert (result.text, result.cited, result.invalid) == (text, cited, invalid)
 
 
+def test_brackets_in_code_are_code_not_markers():
+    """A quoted snippet keeps its brackets while streaming and after (they once became "[1][2] + [PAD] → [1][2]")."""
+    raw = ("填充示例 [1]：\n```python\n[1,2,3] + [PAD] → [1,2,3,0]\nx = a[7]\n```\n行内 `b[1,2]` 不变，"
+           "正文里的 [1,2] 是引用 [9]。")
+    want = ("填充示例 [1]：\n```python\n[1,2,3] + [PAD] → [1,2,3,0]\nx = a[7]\n```\n行内 `b[1,2]` 不变，"
+            "正文里的 [1][2] 是引用。")
+    result = clean_citations(raw, 2)
+    assert (result.text, result.cited, result.invalid) == (want, (1, 2), 1)
+    f = CitationStreamFilter(2)
+    shown = "".join(f.feed(raw[i:i + 3]) for i in range(0, len(raw), 3)) + f.flush()
+    assert shown == want and f.invalid == 1
+    assert repoint_citations(want, passages(2))[0] == want
+    code = texts("示例代码如下，填充到这一批的最大长度为止。", "[1,2,3] + [PAD] → [1,2,3,0] 填充到这一批的最大长度")
+    answer = "```python\n[1,2,3] + [PAD] → [1,2,3,0] 填充到这一批的最大长度\n```\n填充到这一批的最大长度为止。"
+    assert align_citations(answer, code) == (answer.removesuffix("。") + " [1]。", 1)
+
+
 def test_no_passages_means_every_marker_is_invalid():
     result = clean_citations("答案 [1]。", 0)
     assert result.text == "答案。" and result.invalid == 1
