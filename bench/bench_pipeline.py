@@ -104,7 +104,7 @@ def main() -> int:
             print(f"retrieval + rerank ({reranker}) over {len(lat)} questions: {out[f'retrieval_ms[{reranker}]']}",
                   flush=True)
 
-        chat = HFChatModel.from_settings(settings)
+        chat = HFChatModel.from_settings(settings.replace(llm=settings.transformers_llm("bench_pipeline.py")))
         t = time.perf_counter()
         chat.warm_up()
         out["llm_load_s"] = round(time.perf_counter() - t, 1)

@@ -38,7 +38,7 @@ def main() -> int:
     if not ids:
         raise SystemExit(f"no question answered by both {args.a!r} and {args.b!r} in {args.records}")
     settings = Settings.load(adapter="")  # the judge is the base model, whatever the default answerer is
-    model = HFChatModel.from_settings(settings)
+    model = HFChatModel.from_settings(settings.replace(llm=settings.transformers_llm("bench/judge.py")))
 
     def chat(messages):
         return model.generate(messages, max_new_tokens=8)

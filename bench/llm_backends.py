@@ -37,7 +37,7 @@ def backends(settings: Settings, only: list[str]) -> dict[str, Settings]:
     found = {"transformers-int8": settings.replace(llm=BUNDLED_LLM, llm_precision="int8")}
     if cpu_has_bf16():
         found["transformers-bf16"] = settings.replace(llm=BUNDLED_LLM, llm_precision="bf16")
-    found["llamacpp"] = settings.replace(llm=LLAMACPP_LLM)  # the bundle requantised to Q4_0
+    found["llamacpp"] = settings.replace(llm=LLAMACPP_LLM)  # the bundle requantised to IQ4_NL
     if "llamacpp-q4_k_m" in only:  # the bundled GGUF as it is (mostly Q5_0: see bundled_cpu_gguf)
         from ragbot.llm.llamacpp import bundled_gguf
 

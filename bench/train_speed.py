@@ -89,7 +89,7 @@ def main() -> None:
     from ragbot.finetune.prefix import PrefixCache, cached_answer_loss, first_adapted_layer, full_answer_loss
 
     settings = Settings.load()
-    base = resolve_model(settings.llm, settings.models_dir, allow_downloads=False)
+    base = resolve_model(settings.transformers_llm("train_speed.py"), settings.models_dir, allow_downloads=False)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)

@@ -269,7 +269,7 @@ def cmd_finetune_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     out = Path(args.out) if args.out else SHIPPED_ADAPTER
-    written = export_adapter(Path(args.adapter), out, base_model=settings.llm)
+    written = export_adapter(Path(args.adapter), out, base_model=settings.transformers_llm("finetune export"))
     size = sum(p.stat().st_size for p in written) / 1e6
     print(f"adapter exported to {out} ({size:.1f} MB: {', '.join(p.name for p in written)})")
     return 0
@@ -284,7 +284,8 @@ def cmd_finetune_train(args: argparse.Namespace) -> int:
                          max_length=args.max_length, grad_accum=args.grad_accum, max_examples=args.max_examples,
                          seed=args.seed, precision=args.precision, target_modules=tuple(args.target_modules.split(",")),
                          cache_prompt=not args.no_cache)
-    base = resolve_model(settings.llm, settings.models_dir, allow_downloads=settings.allow_downloads)
+    base = resolve_model(settings.transformers_llm("finetune train"), settings.models_dir,
+                         allow_downloads=settings.allow_downloads)
     result = LoraTrainer(base, config, device=settings.device).run(Path(args.data), Path(args.out),
                                                                     resume=not args.no_resume)
     print(f"adapter written to {result.out_dir}: {result.train_examples} train / {result.val_examples} val examples, "

@@ -175,7 +175,19 @@ class Settings:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        if "device" in changes and "llm" not in changes and self.llm == resolve_llm(self.device):
+            changes["llm"] = "auto"  # what "auto" picked follows the device (llama.cpp runs on the CPU only)
         return dataclasses.replace(self, **changes)
+
+    def transformers_llm(self, needed_for: str) -> str:
+        """The transformers model behind ``llm``, for what needs its weights in torch (fine-tuning, an adapter's
+        base, the judge): the bundle for ``llamacpp:bundle``; a one-line error for another GGUF or a server."""
+        if self.llm == LLAMACPP_LLM:
+            return BUNDLED_LLM
+        if self.llm.startswith(("llamacpp:", "openai:")):
+            raise ConfigError(f"{needed_for} needs a transformers model, and llm = {self.llm!r} is not one: set "
+                              f"llm = \"{BUNDLED_LLM}\" (or a model folder or hub id) for it, e.g. RAGBOT_LLM=...")
+        return self.llm
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting but the secrets (:data:`SECRETS`): what manifests, evaluation records and the web app show."""

@@ -6,14 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # llama.cpp answers better and faster on CPUs (README, "LLM backends"); its extra builds it from source (~4 min on
-# 2 cores). Without a C++ compiler that build fails: then ragbot answers with transformers instead.
-if ! scripts/setup.sh cpu,ui,llamacpp; then
-    echo "warning: llama.cpp could not be built (is a C++ compiler installed? apt install g++); answering with" \
-         "transformers instead" >&2
+# 2 cores). When that install fails (most often: no C++ compiler) ragbot answers with transformers instead, and
+# later runs do not try again until .venv/.no-llamacpp is removed.
+if [ -f .venv/.no-llamacpp ] || ! scripts/setup.sh cpu,ui,llamacpp; then
+    [ -f .venv/.no-llamacpp ] || {
+        echo "warning: installing the llamacpp extra failed (see above; a C++ compiler is needed: apt install g++);" \
+             "answering with transformers instead. Remove .venv/.no-llamacpp to try again." >&2
+        touch .venv/.no-llamacpp
+    }
     scripts/setup.sh cpu,ui
 fi
 export RAGBOT_HOME="${RAGBOT_HOME:-$PWD/data}"
-.venv/bin/ragbot prepare  # the offline models, once (later runs check them in a second)
+# the offline models, once (later runs check them in a second); the app starts even when one is unavailable
+.venv/bin/ragbot prepare || echo "warning: not every configured model is available (see above); starting anyway" >&2
 .venv/bin/ragbot ingest corpus/ --prune
 address="${RAGBOT_ADDRESS:-127.0.0.1}"
 port="${RAGBOT_PORT:-8501}"

@@ -38,6 +38,7 @@ _MD_ANSWER = re.compile(r"[\\\[\]<>$&~|]|:(?=//)|(?<=\u2060)@")
 _AUTOLINK = re.compile(r"https?(?=://)|www(?=\.)|[-.\w+](?=@)", re.IGNORECASE | re.ASCII)
 _WJ = "\u2060"
 _ESCAPED_CITE = re.compile(r"\\\[(\d{1,3})\\\]")
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)  # a fenced block (to the end when unclosed), an inline span
 
 TIMING_LABELS = {
     "rewrite_ms": "问题改写", "dense_ms": "向量检索 (dense)", "bm25_ms": "BM25 检索", "rerank_ms": "重排",
@@ -66,7 +67,18 @@ def md_code(text: str) -> str:
 
 def md_escape_answer(text: str) -> str:
     """An answer as Markdown: bold/lists survive, but no link (bare URLs included), image, HTML, entity or formula
-    can be formed."""
+    can be formed. Code (a fenced block, to its end if unclosed, or an inline span) is left as written: Markdown
+    shows it literally, so escaping it would show the backslashes (``\\[1,2,3\\]`` in a quoted snippet)."""
+    text = text or ""
+    out, pos = [], 0
+    for m in _CODE.finditer(text):
+        out += [_escape_prose(text[pos:m.start()]), m.group(0)]
+        pos = m.end()
+    out.append(_escape_prose(text[pos:]))
+    return "".join(out)
+
+
+def _escape_prose(text: str) -> str:
     return _MD_ANSWER.sub(r"\\\g<0>", no_autolinks(text)).replace("\n", "  \n")
 
 

@@ -67,6 +67,8 @@ VARIANT_DESCRIPTIONS = {  # the built-in variants, in the UI's language (others 
     "no-rerank": "默认流程，但不做重排",
     "llm-only": "只用大模型本身回答，不检索资料（基线）",
     "finetuned": "默认流程 + 随附的 LoRA 微调适配器",
+    "llamacpp": "默认流程，大模型由 llama.cpp 运行（量化为 IQ4_NL）",
+    "transformers": "默认流程，大模型由 transformers 运行（CPU 上 int8，GPU 上 bf16）",
 }
 
 

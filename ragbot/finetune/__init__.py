@@ -58,7 +58,8 @@ def build_dataset(settings: Settings, index_paths: Sequence[Path], out_dir: Path
     n_passages = n_passages or settings.top_k
     held_out = [item.question for f in held_out_files for item in load_qa(Path(f))]
     use_llm = use_llm and max_llm_chunks > 0
-    chat_model = chat_model or (HFChatModel.from_settings(settings) if use_llm else None)
+    if use_llm and chat_model is None:  # the question writer is the base model in transformers (batched generation)
+        chat_model = HFChatModel.from_settings(settings.replace(llm=settings.transformers_llm("finetune data")))
     card: dict[str, Any] = {"seed": seed, "sources": {}, "filters": {}, "held_out_files": [str(f) for f in held_out_files]}
     pipes = []
     for index_path in index_paths:

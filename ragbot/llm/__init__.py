@@ -90,13 +90,15 @@ def check(settings: Settings, *, prepare: bool = True) -> tuple[bool, str]:
         if kind == "llamacpp":
             import importlib.util
 
-            from ragbot.llm.llamacpp import cpu_gguf_path, resolve_gguf
+            from ragbot.llm.llamacpp import cpu_gguf_ready, resolve_gguf
 
             spec = settings.llm[len("llamacpp:"):]
             if importlib.util.find_spec("llama_cpp") is None:
                 return False, "llama-cpp-python is not installed: pip install 'ragbot[llamacpp]'"
-            if spec == "bundle" and not prepare and not cpu_gguf_path(settings.models_dir).is_file():
-                return True, "the bundled GGUF requantised to IQ4_NL (made on first use or by `ragbot prepare`)"
+            if spec == "bundle" and not prepare:  # --check builds nothing
+                ready = cpu_gguf_ready(settings.models_dir)
+                return True, str(ready) if ready else ("the bundled GGUF requantised to IQ4_NL (made on first use "
+                                                       "or by `ragbot prepare`)")
             return True, str(resolve_gguf(spec, settings.models_dir))
         from ragbot.bundle import locate_model
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,51 +59,97 @@ def bundled_cpu_gguf(models_dir: Path, *, show_progress: bool = True) -> Path:
     mostly Q5_0, for which llama.cpp has no packed CPU matrix kernels. IQ4_NL (32-wide blocks, non-linear
     4-bit levels) has them, and keeps the answers: Q4_0, faster still, refused questions its passages answer
     once it was given 2 of them. Measured on 2 cores (README, "LLM backends"). A JSON stamp beside the file
-    records the source's sha256, the output's size and sha256 and the llama.cpp version; a file whose stamp
-    does not match is made again.
+    records the source's sha256, the type, the output's size and sha256 and the llama.cpp version; without a
+    stamp that matches (source, type, size) the file is made again. One process makes it at a time (a lock
+    file), into a temporary file that is removed whatever happens, and the stamp is written last.
     """
     import hashlib
+    import json
+    import tempfile
+
+    from ragbot.bundle.qwen import GGUF_SHA256
+
+    ready = cpu_gguf_ready(models_dir)
+    if ready is not None:
+        return ready
+    llama_cpp = _llama_cpp()
+    source = bundled_gguf(models_dir, show_progress=show_progress)
+    path = cpu_gguf_path(models_dir)
+    stamp = path.with_name(path.name + ".json")
+    with _file_lock(path.with_name(path.name + ".lock")):
+        ready = cpu_gguf_ready(models_dir)  # made by another process while this one waited
+        if ready is not None:
+            return ready
+        if show_progress:
+            print(f"Requantising the bundled LLM to {CPU_GGUF_TYPE} for llama.cpp (once, about a minute) ...",
+                  flush=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{CPU_GGUF_TYPE}")
+        params.allow_requantize = True
+        params.nthread = default_threads()
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            with _QUIET, _silenced(llama_cpp):  # llama.cpp prints every tensor
+                rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+            if rc != 0 or not tmp.stat().st_size:
+                raise ModelBundleError(f"llama.cpp could not requantise {source} to {CPU_GGUF_TYPE} (code {rc}); "
+                                       f"use llm = 'llamacpp:{source}' to run the Q4_K_M file as it is")
+            digest = hashlib.sha256()
+            with open(tmp, "rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+            stamp.unlink(missing_ok=True)  # no stamp ever vouches for a file it was not written for
+            tmp.replace(path)
+            info = {"source_sha256": GGUF_SHA256, "type": CPU_GGUF_TYPE, "size": path.stat().st_size,
+                    "sha256": digest.hexdigest(), "llama_cpp": llama_cpp.__version__}
+            partial = stamp.with_name(stamp.name + ".partial")
+            partial.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+            partial.replace(stamp)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def cpu_gguf_ready(models_dir: Path) -> Path | None:
+    """The requantised file when it is made and its stamp matches (no source needed to say so), else None."""
     import json
 
     from ragbot.bundle.qwen import GGUF_SHA256
 
-    source = bundled_gguf(models_dir, show_progress=show_progress)
     path = cpu_gguf_path(models_dir)
-    stamp = path.with_name(path.name + ".json")
     try:
-        info = json.loads(stamp.read_text(encoding="utf-8"))
+        info = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
         if (info.get("source_sha256"), info.get("type"), info.get("size")) == (GGUF_SHA256, CPU_GGUF_TYPE,
                                                                                path.stat().st_size):
             return path
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
-    llama_cpp = _llama_cpp()
-    from llama_cpp._utils import suppress_stdout_stderr
+    return None
 
-    if show_progress:
-        print(f"Requantising the bundled LLM to {CPU_GGUF_TYPE} for llama.cpp (once, about a minute) ...", flush=True)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{CPU_GGUF_TYPE}")
-    params.allow_requantize = True
-    params.nthread = default_threads()
-    tmp = path.with_name(path.name + ".partial")
-    with suppress_stdout_stderr(disable=False):  # llama.cpp prints every tensor
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
-    if rc != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        raise ModelBundleError(f"llama.cpp could not requantise {source} to {CPU_GGUF_TYPE} (code {rc}); use "
-                               f"llm = 'llamacpp:{source}' to run the Q4_K_M file as it is")
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    tmp.replace(path)
-    info = {"source_sha256": GGUF_SHA256, "type": CPU_GGUF_TYPE, "size": path.stat().st_size,
-            "sha256": digest.hexdigest(), "llama_cpp": llama_cpp.__version__}
-    partial = stamp.with_name(stamp.name + ".partial")
-    partial.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    partial.replace(stamp)
-    return path
+
+_QUIET = threading.Lock()  # llama.cpp's quiet mode points the process's stdout/stderr at /dev/null: one at a time
+
+
+def _silenced(llama_cpp):
+    return llama_cpp._utils.suppress_stdout_stderr(disable=False)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (``flock``; none where the platform has no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cpu_gguf_path(models_dir: Path) -> Path:
@@ -115,9 +162,14 @@ def cpu_gguf_path(models_dir: Path) -> Path:
 def _llama_cpp():
     try:
         import llama_cpp
+        import llama_cpp._utils  # noqa: F401  (its quiet mode)
     except ImportError:
         raise MissingExtraError("llm = 'llamacpp:...' needs llama.cpp: pip install 'ragbot[llamacpp]' "
                                 "(builds it with your compiler, a few minutes)") from None
+    except (OSError, RuntimeError) as e:  # installed, but its library does not load (built for another CPU?)
+        raise ConfigError(f"llama.cpp is installed but does not load ({e}): rebuild it with pip install "
+                          "--force-reinstall --no-cache-dir llama-cpp-python, or answer with transformers: "
+                          "llm = \"bundle:qwen2.5-coder-0.5b-instruct\"") from None
     return llama_cpp
 
 
@@ -208,17 +260,16 @@ class LlamaCppChatModel:
         lora = {}
         if self.adapter:
             lora["lora_path"] = str(adapter_gguf(Path(self.adapter), self.path, self.models_dir / "adapters"))
-        from llama_cpp._utils import suppress_stdout_stderr
-
         try:
-            with suppress_stdout_stderr(disable=False):  # the adapter loader prints a line per tensor
+            with _QUIET, _silenced(llama_cpp):  # the adapter loader prints a line per tensor
                 llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
                                       n_threads_batch=self.threads, n_batch=512, flash_attn=True, seed=self.seed,
                                       verbose=False, **lora)
         except (RuntimeError, ValueError) as e:
             what = f"adapter {self.adapter} on {self.path.name}" if self.adapter else str(self.path)
-            raise ConfigError(f"llama.cpp could not load {what} ({e}): is it a GGUF model (and an adapter trained "
-                              "on it)?") from None
+            fix = (f"delete {self.path} and its .json stamp to make it again" if self.spec == "bundle"
+                   else "is it a GGUF model (and an adapter trained on it)?")
+            raise ConfigError(f"llama.cpp could not load {what} ({e}): {fix}") from None
         texts, controls = _vocab_texts(llama_cpp, llm)
         self.vocab = MarkerVocab.from_texts(texts)
         self._controls = control_pattern(controls)

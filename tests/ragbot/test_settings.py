@@ -76,3 +76,24 @@ def test_llm_auto_is_llamacpp_on_the_cpu_when_its_extra_is_installed(monkeypatch
 
     assert describe(s) == ("llama.cpp (in-process) · bundle (IQ4_NL)" if expected == LLAMACPP_LLM
                            else f"transformers (in-process, {s.llm_precision}) · {BUNDLED_LLM}")
+
+
+def test_what_needs_torch_weights_gets_the_transformers_model_behind_llm(monkeypatch):
+    monkeypatch.setattr(settings_module, "_nvidia_driver", lambda: False)
+    assert Settings(llm=LLAMACPP_LLM).transformers_llm("finetune train") == BUNDLED_LLM
+    assert Settings(llm="/models/qwen").transformers_llm("finetune train") == "/models/qwen"
+    for llm, extra in (("llamacpp:/m/x.gguf", {}), ("openai:qwen", {"llm_base_url": "http://127.0.0.1:8000/v1"})):
+        with pytest.raises(ConfigError, match=r"finetune train needs a transformers model, and llm = .* set llm = "):
+            Settings(llm=llm, **extra).transformers_llm("finetune train")
+
+
+def test_the_engine_auto_picked_follows_a_device_change(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(settings_module, "_nvidia_driver", lambda: False)
+    auto = Settings()
+    assert auto.llm == LLAMACPP_LLM and auto.replace(device="cuda").llm == BUNDLED_LLM
+    assert auto.replace(device="cuda").replace(device="cpu").llm == LLAMACPP_LLM
+    assert Settings(llm="openai:q", llm_base_url="http://x/v1").replace(device="cuda").llm == "openai:q"

@@ -475,7 +475,7 @@ def test_run_script_installs_llamacpp_and_goes_on_without_it_when_the_build_fail
     shutil.copy(APP.parents[1] / "scripts" / "run.sh", root / "scripts" / "run.sh")
     calls = tmp_path / "calls"
     stubs = {"scripts/setup.sh": f'echo "$1" >> {calls}; [ "$1" != "cpu,ui,llamacpp" ] || [ -z "$NO_CXX" ]',
-             ".venv/bin/ragbot": "exit 0", ".venv/bin/streamlit": "exit 0"}
+             ".venv/bin/ragbot": '[ "$1" != prepare ]', ".venv/bin/streamlit": "exit 0"}  # prepare fails: app starts
     for name, body in stubs.items():
         (root / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (root / name).chmod(0o755)
@@ -487,4 +487,12 @@ def test_run_script_installs_llamacpp_and_goes_on_without_it_when_the_build_fail
     done = subprocess.run(["bash", str(root / "scripts" / "run.sh")], env={**base, "NO_CXX": "1"}, check=True,
                           capture_output=True, text=True)
     assert calls.read_text().split() == ["cpu,ui,llamacpp", "cpu,ui"]
-    assert "llama.cpp could not be built" in done.stderr and "transformers instead" in done.stderr
+    assert "installing the llamacpp extra failed" in done.stderr and "transformers instead" in done.stderr
+    calls.unlink()  # later runs do not build again (and do not warn again) until .venv/.no-llamacpp is removed
+    again = subprocess.run(["bash", str(root / "scripts" / "run.sh")], env=base, check=True, capture_output=True,
+                           text=True)
+    assert calls.read_text().split() == ["cpu,ui"] and "failed" not in again.stderr
+    (root / ".venv" / ".no-llamacpp").unlink()
+    calls.unlink()
+    subprocess.run(["bash", str(root / "scripts" / "run.sh")], env=base, check=True, capture_output=True)
+    assert calls.read_text().split() == ["cpu,ui,llamacpp"]

@@ -53,6 +53,15 @@ def test_bare_urls_and_emails_are_not_clickable(autolinks):
     assert md_escape_answer("装饰器 @property 不是邮箱") == "装饰器 @property 不是邮箱"
 
 
+def test_code_in_an_answer_is_shown_as_written_and_only_prose_is_escaped():
+    code = "```python\n[1,2,3] + [PAD] → [1,2,3,0]\nif a < b and c[1]: pass\n```"
+    md = answer_markdown(answer(f"填充示例 [1]：\n{code}\n行内 `x[1] <b>` 与正文 <b>y</b> [1]。", [chunk()]), turn=0)
+    assert code in md and "`x[1] <b>`" in md  # no backslashes inside code, no citation link there either
+    assert md.count("](#cite-0-1") == 2 and "\\<b\\>y\\</b\\>" in md
+    unclosed = md_escape_answer("正文 <i>\n```\n<script>x</script> [1]")
+    assert unclosed.startswith("正文 \\<i\\>") and unclosed.endswith("```\n<script>x</script> [1]")
+
+
 def test_answer_markdown_links_each_citation_with_a_tooltip():
     c = chunk()
     md = answer_markdown(answer('秩 r 常取 8 [1]。"引号" [7]', [c]), turn=3)

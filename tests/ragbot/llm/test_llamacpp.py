@@ -123,3 +123,51 @@ def test_the_converted_adapter_answers_as_transformers_does(models_dir, tmp_path
     got = {name: [Generator(m, max_new_tokens=64).run(q, passages).raw_text for q in questions]
            for name, m in (("transformers", hf), ("llamacpp", cpp))}
     assert got["llamacpp"] == got["transformers"]
+
+
+def test_the_bundle_is_requantised_once_under_a_stamp_and_a_failure_leaves_nothing(tmp_path, monkeypatch):
+    """bundled_cpu_gguf with a fake llama.cpp: made once (the stamp vouches for it, no source needed after), made
+    again when the stamp no longer matches, and a failed requantisation leaves no file, stamp or temporary."""
+    import contextlib
+    import types
+
+    import ragbot.llm.llamacpp as L
+    from ragbot.errors import ModelBundleError
+
+    source = tmp_path / "source.gguf"
+    source.write_bytes(b"GGUF" + b"\0" * 64)
+    calls = []
+
+    def quantize(src, dst, params):
+        calls.append(params.ftype)
+        if fake.fail:
+            return 1
+        Path(dst.decode()).write_bytes(b"GGUF-requantised")
+        return 0
+
+    fake = types.SimpleNamespace(
+        fail=False, __version__="test", LLAMA_FTYPE_MOSTLY_IQ4_NL=25, llama_model_quantize=quantize,
+        llama_model_quantize_default_params=lambda: types.SimpleNamespace(ftype=0, allow_requantize=False, nthread=0),
+        _utils=types.SimpleNamespace(suppress_stdout_stderr=lambda disable: contextlib.nullcontext()))
+    monkeypatch.setattr(L, "_llama_cpp", lambda: fake)
+    monkeypatch.setattr(L, "bundled_gguf", lambda models_dir, show_progress=True: source)
+
+    path = L.bundled_cpu_gguf(tmp_path, show_progress=False)
+    stamp = json.loads(path.with_name(path.name + ".json").read_text())
+    assert path.read_bytes() == b"GGUF-requantised" and calls == [25]
+    assert stamp["type"] == "IQ4_NL" and stamp["size"] == path.stat().st_size and len(stamp["sha256"]) == 64
+    source.unlink()  # once made, the stamp is enough: no join, no requantisation
+    assert L.bundled_cpu_gguf(tmp_path, show_progress=False) == path == L.cpu_gguf_ready(tmp_path)
+    assert calls == [25]
+
+    source.write_bytes(b"GGUF")
+    path.write_bytes(b"torn")  # a file the stamp does not describe is made again
+    assert L.cpu_gguf_ready(tmp_path) is None
+    assert L.bundled_cpu_gguf(tmp_path, show_progress=False).read_bytes() == b"GGUF-requantised" and len(calls) == 2
+
+    path.write_bytes(b"torn")
+    fake.fail = True
+    with pytest.raises(ModelBundleError, match=r"could not requantise .* use llm = 'llamacpp:"):
+        L.bundled_cpu_gguf(tmp_path, show_progress=False)
+    assert not path.with_name(path.name + ".json").exists() or L.cpu_gguf_ready(tmp_path) is None
+    assert not list(tmp_path.glob("*.partial"))
