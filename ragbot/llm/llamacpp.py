@@ -91,8 +91,7 @@ def bundled_cpu_gguf(models_dir: Path, *, show_progress: bool = True) -> Path:
         os.close(fd)
         tmp = Path(name)
         try:
-            with _QUIET, _silenced(llama_cpp):  # llama.cpp prints every tensor
-                rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
             if rc != 0 or not tmp.stat().st_size:
                 raise ModelBundleError(f"llama.cpp could not requantise {source} to {CPU_GGUF_TYPE} (code {rc}); "
                                        f"use llm = 'llamacpp:{source}' to run the Q4_K_M file as it is")
@@ -129,11 +128,19 @@ def cpu_gguf_ready(models_dir: Path) -> Path | None:
     return None
 
 
-_QUIET = threading.Lock()  # llama.cpp's quiet mode points the process's stdout/stderr at /dev/null: one at a time
+class _NoRedirect:
+    """Stands in for llama-cpp-python's ``suppress_stdout_stderr``, which points the whole process's stdout and
+    stderr (file descriptors and ``sys.stdout``) at /dev/null while a model loads: not safe in a process with other
+    threads (the web app). llama.cpp's own messages still go through its log callback, which shows errors only."""
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
 
-def _silenced(llama_cpp):
-    return llama_cpp._utils.suppress_stdout_stderr(disable=False)
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
 
 
 @contextmanager
@@ -162,7 +169,9 @@ def cpu_gguf_path(models_dir: Path) -> Path:
 def _llama_cpp():
     try:
         import llama_cpp
-        import llama_cpp._utils  # noqa: F401  (its quiet mode)
+        import llama_cpp._internals
+        import llama_cpp._logger
+        import llama_cpp.llama
     except ImportError:
         raise MissingExtraError("llm = 'llamacpp:...' needs llama.cpp: pip install 'ragbot[llamacpp]' "
                                 "(builds it with your compiler, a few minutes)") from None
@@ -170,6 +179,9 @@ def _llama_cpp():
         raise ConfigError(f"llama.cpp is installed but does not load ({e}): rebuild it with pip install "
                           "--force-reinstall --no-cache-dir llama-cpp-python, or answer with transformers: "
                           "llm = \"bundle:qwen2.5-coder-0.5b-instruct\"") from None
+    for module in (llama_cpp.llama, llama_cpp._internals):
+        module.suppress_stdout_stderr = _NoRedirect
+    llama_cpp._logger.set_verbose(False)  # errors only (quantisation, adapter loading print every tensor otherwise)
     return llama_cpp
 
 
@@ -261,10 +273,9 @@ class LlamaCppChatModel:
         if self.adapter:
             lora["lora_path"] = str(adapter_gguf(Path(self.adapter), self.path, self.models_dir / "adapters"))
         try:
-            with _QUIET, _silenced(llama_cpp):  # the adapter loader prints a line per tensor
-                llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
-                                      n_threads_batch=self.threads, n_batch=512, flash_attn=True, seed=self.seed,
-                                      verbose=False, **lora)
+            llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.context, n_threads=self.threads,
+                                  n_threads_batch=self.threads, n_batch=512, flash_attn=True, seed=self.seed,
+                                  verbose=False, **lora)
         except (RuntimeError, ValueError) as e:
             what = f"adapter {self.adapter} on {self.path.name}" if self.adapter else str(self.path)
             fix = (f"delete {self.path} and its .json stamp to make it again" if self.spec == "bundle"

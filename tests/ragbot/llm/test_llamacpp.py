@@ -128,7 +128,6 @@ def test_the_converted_adapter_answers_as_transformers_does(models_dir, tmp_path
 def test_the_bundle_is_requantised_once_under_a_stamp_and_a_failure_leaves_nothing(tmp_path, monkeypatch):
     """bundled_cpu_gguf with a fake llama.cpp: made once (the stamp vouches for it, no source needed after), made
     again when the stamp no longer matches, and a failed requantisation leaves no file, stamp or temporary."""
-    import contextlib
     import types
 
     import ragbot.llm.llamacpp as L
@@ -147,8 +146,7 @@ def test_the_bundle_is_requantised_once_under_a_stamp_and_a_failure_leaves_nothi
 
     fake = types.SimpleNamespace(
         fail=False, __version__="test", LLAMA_FTYPE_MOSTLY_IQ4_NL=25, llama_model_quantize=quantize,
-        llama_model_quantize_default_params=lambda: types.SimpleNamespace(ftype=0, allow_requantize=False, nthread=0),
-        _utils=types.SimpleNamespace(suppress_stdout_stderr=lambda disable: contextlib.nullcontext()))
+        llama_model_quantize_default_params=lambda: types.SimpleNamespace(ftype=0, allow_requantize=False, nthread=0))
     monkeypatch.setattr(L, "_llama_cpp", lambda: fake)
     monkeypatch.setattr(L, "bundled_gguf", lambda models_dir, show_progress=True: source)
 
