@@ -31,7 +31,7 @@ SECRETS = frozenset({"llm_api_key", "embedder_api_key"})  # settings never writt
 def resolve_llm(device: str) -> str:
     """What ``llm = "auto"`` runs: the bundled model in llama.cpp when the ``llamacpp`` extra is installed and the
     device is the CPU (``device = "cpu"``, or ``auto`` on a machine without an NVIDIA driver), else in
-    transformers. On 2 cores llama.cpp answered the dev set better and decoded ~4x faster than the int8 path
+    transformers. On 2 cores llama.cpp answered the dev set better and decoded 3.5x faster than the int8 path
     (README, "LLM backends"); on a GPU, transformers runs there and llama.cpp (built for the CPU) would not."""
     import importlib.util
 

@@ -75,7 +75,7 @@ def bundled_cpu_gguf(models_dir: Path, *, show_progress: bool = True) -> Path:
     llama_cpp = _llama_cpp()
     source = bundled_gguf(models_dir, show_progress=show_progress)
     path = cpu_gguf_path(models_dir)
-    stamp = path.with_name(path.name + ".json")
+    stamp = _stamp(path)
     with _file_lock(path.with_name(path.name + ".lock")):
         ready = cpu_gguf_ready(models_dir)  # made by another process while this one waited
         if ready is not None:
@@ -119,7 +119,7 @@ def cpu_gguf_ready(models_dir: Path) -> Path | None:
 
     path = cpu_gguf_path(models_dir)
     try:
-        info = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+        info = json.loads(_stamp(path).read_text(encoding="utf-8"))
         if (info.get("source_sha256"), info.get("type"), info.get("size")) == (GGUF_SHA256, CPU_GGUF_TYPE,
                                                                                path.stat().st_size):
             return path
@@ -145,18 +145,20 @@ class _NoRedirect:
 
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (``flock``; none where the platform has no ``fcntl``)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
+    """An exclusive lock between processes (``flock``, as the index's writer lock uses)."""
+    import fcntl
+
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _stamp(path: Path) -> Path:
+    """The JSON stamp that vouches for the requantised file at ``path``."""
+    return path.with_name(path.name + ".json")
 
 
 def cpu_gguf_path(models_dir: Path) -> Path:
