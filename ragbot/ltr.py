@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +41,16 @@ class FeatureExtractor:
     def __init__(self, store: IndexStore, rrf_k: int = 60) -> None:
         self.store = store
         self.rrf_k = rrf_k
-        df = Counter(t for toks in store.tokens.values() for t in set(toks))
-        n = max(1, len(store.tokens))
-        self.idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
-        self.max_idf = math.log(1 + (n + 0.5) / 0.5)
+
+    def idf(self, terms: Sequence[str]) -> dict[str, float]:
+        """BM25's (Lucene) idf of each term over the live chunks; an unknown term gets the highest."""
+        n = max(1, len(self.store))
+        return {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in self.store.doc_freq(terms).items()}
 
     def run(self, retrieval: Retrieval, candidates: Sequence[ScoredChunk]) -> np.ndarray:
         q = retrieval.query
         q_tokens = list(dict.fromkeys(bm25_tokens(q)))
-        weights = {t: self.idf.get(t, self.max_idf) for t in q_tokens}
+        weights = self.idf(q_tokens)
         total = sum(weights.values()) or 1.0
         terms = [squash(t) for t in key_terms(q)]
         # scores relative to this query's best and worst candidates: raw cosines differ by embedder
@@ -63,7 +63,7 @@ class FeatureExtractor:
         rows = []
         for hit in candidates:
             c = hit.chunk
-            toks = set(self.store.tokens.get(c.id, ()))
+            toks = set(bm25_tokens(c.embedding_text()))  # what ingest indexed for it
             head = set(bm25_tokens(c.heading)) if c.heading_path else set()
             d_score, d_rank = dense.get(c.id, (None, None))
             b_score, b_rank = bm25.get(c.id, (0.0, None))

@@ -74,7 +74,7 @@ class RagPipeline:
                 stage.warm_up()
         if self.store is not None:
             bm25_tokens("预热")  # jieba loads its dictionary on first use (~1 s)
-            _ = self.store.bm25, self.gate
+            _ = self.gate
         if self.embedder is not None and self.store is not None:
             self.store.check(self.settings.index_path, IndexSpec.from_settings(self.settings, self.embedder.dim))
 
@@ -104,7 +104,7 @@ class RagPipeline:
     def gate(self) -> KeyTermGate | None:
         """The key-term refusal gate over the whole knowledge base (built on first use)."""
         if self._gate is None and self.store is not None and self.settings.refusal_gate:
-            self._gate = KeyTermGate(c.embedding_text() for c in self.store.chunks.values())
+            self._gate = KeyTermGate([self.store.gate_text()])  # stored at ingest, not rebuilt here
         return self._gate
 
     def ask_stream(self, question: str, top_k: int | None = None,

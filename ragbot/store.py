@@ -1,46 +1,61 @@
-"""The persisted knowledge base: chunk store, FAISS index, BM25 index and the manifest that says how they were built.
+"""The persisted knowledge base: chunks, their dense (FAISS) and sparse (BM25) indexes, and the manifest that says
+how they were built.
 
 Layout of an index folder::
 
     index/
       CURRENT            name of the live version folder (replaced atomically)
-      v-<time>/          manifest.json, chunks.jsonl, dense.faiss, bm25/, .readers
+      v-<time>/          manifest.json (files, segment list), tombstones.npy, .readers
+      segments/s-<time>/ one immutable segment each (:mod:`ragbot.segments`): chunks in SQLite, FAISS, BM25 postings
       .lock              held while a writer updates the index; says who holds it
+
+A version is a list of segments plus tombstones (the vector ids of removed chunks). A save writes only what
+changed: the chunks added since the last save become one new segment, removals become tombstones, and a new
+version folder of a few kilobytes (plus the file list) names them. Segments are shared by the versions that
+list them and deleted once no version on disk does. Compaction (:meth:`IndexStore.compact`, ``ragbot index
+compact``; small segments are merged automatically) rewrites segments without their removed rows.
 
 Guarantees, as a database would give them:
 
-- **Atomic and durable.** A save writes a complete new version folder, fsyncs every file in it and
-  the folder, writes and fsyncs a new pointer file, swaps it for ``CURRENT`` with ``os.replace`` and
-  fsyncs the index folder. A crash or power loss at any moment leaves the old or the new index.
-- **Readers never see a half-deleted version.** A reader holds a shared lock on the version's
-  ``.readers`` file while it reads; superseded versions are deleted only when no reader holds one,
-  after a grace period, and the newest ``keep`` of them stay for ``ragbot index rollback``.
-- **Consistent or refused.** Loading checks that the manifest, chunks and vectors agree (one vector
-  per chunk, no chunk id twice); a damaged version is reported in one line and the previous one is
-  used; :meth:`IndexStore.add` refuses a chunk id the store already holds.
+- **Atomic and durable.** A save writes and fsyncs its new segment (renamed into place only once complete),
+  then a complete new version folder, fsyncs every file in it and the folder, writes and fsyncs a new pointer
+  file, swaps it for ``CURRENT`` with ``os.replace`` and fsyncs the index folder. A crash or power loss at any
+  moment leaves the old or the new index (a segment no version names is removed later).
+- **Readers never see a half-deleted version.** A reader holds a shared lock on the version's ``.readers``
+  file while it opens it; superseded versions are deleted only when no reader holds one, after a grace
+  period, and the newest ``keep`` of them stay for ``ragbot index rollback``. An open reader keeps its
+  segments' files open, so deleting them later never breaks it.
+- **Consistent or refused.** Opening checks each segment (file sizes as written, one vector, chunk and
+  length per row) and the version (segments that exist and do not overlap, the manifest's chunk count);
+  a damaged version is reported in one line and the previous one is used; :meth:`IndexStore.add` refuses
+  a chunk id the store already holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragbot.errors import (IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError,
-                           MissingExtraError)
+from ragbot.errors import IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError
+from ragbot.segments import (BM25_B, BM25_K1, AnnParams, DiskSegment, MemorySegment, Segment, import_faiss,
+                             index_vectors, merge_postings, write_segment)
 from ragbot.settings import embedder_identity
 from ragbot.types import Chunk
 
@@ -49,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ragbot.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one chunks.jsonl + dense.faiss per version (still read; saved as 2)
 
 
 @dataclass(frozen=True)
@@ -129,11 +144,14 @@ class Manifest:
     created_at: float = 0.0
     updated_at: float = 0.0
     format_version: int = FORMAT_VERSION
+    segments: tuple[str, ...] = ()  # segment folders under segments/, in vector-id order
+    ann: dict[str, Any] = field(default_factory=dict)  # the AnnParams the segments were written with
 
     def to_json(self) -> str:
         d = asdict(self)
         d["files"] = {k: {**asdict(v), "chunk_ids": list(v.chunk_ids)} for k, v in self.files.items()}
-        return _json(d, indent=1)
+        d["segments"] = list(self.segments)
+        return _json(d, indent=1 if len(self.files) < 1000 else None)
 
     def sources(self) -> dict[str, str]:
         """Every path the index holds, its records' own and their aliases', with the name shown for it."""
@@ -143,18 +161,8 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         d = json.loads(text)
         files = {k: FileRecord(**{**v, "chunk_ids": tuple(v["chunk_ids"])}) for k, v in d["files"].items()}
-        return cls(IndexSpec(**d["spec"]), files, d["next_fid"], d["created_at"], d["updated_at"], d["format_version"])
-
-
-def import_faiss() -> Any:
-    """faiss comes from one of two extras (CPU or GPU build); say which to install when neither is."""
-    try:
-        import faiss
-    except ImportError:
-        raise MissingExtraError(
-            "faiss is not installed: pip install 'ragbot[cpu]' (or 'ragbot[gpu]' on a machine with a CUDA GPU)"
-        ) from None
-    return faiss
+        return cls(IndexSpec(**d["spec"]), files, d["next_fid"], d["created_at"], d["updated_at"], d["format_version"],
+                   tuple(d.get("segments", ())), d.get("ann", {}))
 
 
 def bm25_tokens(text: str) -> list[str]:
@@ -169,33 +177,35 @@ def bm25_tokens(text: str) -> list[str]:
     return [w for w in (t.strip().lower() for t in jieba.lcut_for_search(text)) if w and any(ch.isalnum() for ch in w)]
 
 
+MAX_SMALL_SEGMENTS = 8  # more exact (small) segments than this are merged into one at the next save
+
+
 class IndexStore:
-    """Chunks plus their dense (FAISS) and sparse (BM25) indexes, kept in step.
+    """Chunks plus their dense (FAISS) and sparse (BM25) indexes, kept in step, in segments.
 
     Use :meth:`open` to load or create, :meth:`add` / :meth:`remove` to change, :meth:`save` to persist.
+    ``chunks`` reads like a dict of chunk id -> :class:`Chunk` but fetches from the segments on demand.
     """
 
-    def __init__(self, manifest: Manifest, chunks: dict[str, Chunk], fids: dict[str, int],
-                 tokens: dict[str, list[str]], dense: Any, bm25: Any = None, bm25_order: Sequence[str] = ()) -> None:
+    def __init__(self, manifest: Manifest, segments: Sequence[DiskSegment] = (), tombstones: Iterable[int] = (),
+                 ann: AnnParams | None = None) -> None:
         self.manifest = manifest
-        self.chunks = chunks
-        self.fids = fids
-        self.tokens = tokens
-        self.dense = dense
-        self._bm25 = bm25
-        self._bm25_order = list(bm25_order)
-        self._by_fid = {fid: cid for cid, fid in fids.items()}
-        self._gpu_dense: Any = None
+        self.segments: list[DiskSegment] = list(segments)
+        self.pending = MemorySegment(manifest.spec.dim or 0)
+        self.dead: set[int] = {int(f) for f in tombstones}
+        self.ann = ann or AnnParams()
+        self.nprobe = self.ann.nprobe
+        self.chunks = ChunkView(self)
+        self._alive: dict[int, np.ndarray] = {}
+        self._gpu: dict[int, Any] = {}
         self.version = ""  # the version folder this store was loaded from or last saved as
 
     # ---- creation and persistence -------------------------------------------------------
     @classmethod
-    def empty(cls, spec: IndexSpec) -> IndexStore:
-        faiss = import_faiss()
-
+    def empty(cls, spec: IndexSpec, ann: AnnParams | None = None) -> IndexStore:
+        import_faiss()
         now = time.time()
-        dense = faiss.IndexIDMap2(faiss.IndexFlatIP(spec.dim))
-        return cls(Manifest(spec, {}, 0, now, now), {}, {}, {}, dense)
+        return cls(Manifest(spec, {}, 0, now, now), ann=ann)
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -267,49 +277,44 @@ class IndexStore:
 
     @classmethod
     def _read_version(cls, version: Path) -> IndexStore:
-        faiss = import_faiss()
-
         name = version.name
         try:
             manifest = Manifest.from_json((version / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise IndexCorruptError(f"version {name} has an unreadable manifest ({type(e).__name__}: {e})") from None
+        if manifest.format_version == 1:
+            return _read_version_1(version, manifest)
         if manifest.format_version != FORMAT_VERSION:
             raise IndexMismatchError(
                 f"index at {version.parent} has format {manifest.format_version}, this ragbot reads {FORMAT_VERSION}; "
                 f"re-ingest: ragbot ingest PATH... --index {version.parent} --rebuild"
             )
-        chunks, fids, tokens = {}, {}, {}
+        segments = []
         try:
-            with open(version / "chunks.jsonl", encoding="utf-8", errors="strict") as f:
-                for number, line in enumerate(f, start=1):
-                    row = json.loads(line)
-                    cid = row["chunk"]["id"]
-                    if cid in chunks:
-                        raise ValueError(f"chunk id {cid!r} appears twice (line {number})")
-                    fids[cid], tokens[cid], chunks[cid] = row["fid"], row["tokens"], Chunk.from_dict(row["chunk"])
-            dense = faiss.read_index(str(version / "dense.faiss"))
-            bm25, order = None, []
-            if (version / "bm25").is_dir():
-                import bm25s
-
-                bm25 = bm25s.BM25.load(str(version / "bm25"))
-                order = json.loads((version / "bm25_order.json").read_text())
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            for seg in manifest.segments:
+                if not (version.parent / "segments" / seg / "meta.json").is_file():
+                    raise IndexCorruptError(f"version {name} names segment {seg}, which is missing")
+                segments.append(DiskSegment(version.parent / "segments" / seg))
+            tombstones = np.load(version / "tombstones.npy")
+        except IndexCorruptError as e:
+            raise IndexCorruptError(f"version {name}: {e}") from None
+        except (OSError, ValueError) as e:
             raise IndexCorruptError(f"version {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        listed = {c for r in manifest.files.values() for c in r.chunk_ids}
+        store = cls(manifest, segments, tombstones.tolist(), AnnParams(**manifest.ann) if manifest.ann else None)
         problems = []
-        if dense.ntotal != len(chunks):
-            problems.append(f"{dense.ntotal} vectors for {len(chunks)} chunks")
-        if len(set(fids.values())) != len(fids):
-            problems.append("two chunks share a vector id")
-        if listed != set(chunks):
-            problems.append(f"the manifest lists {len(listed)} chunks, the chunk file holds {len(chunks)}")
-        if bm25 is not None and len(order) != len(chunks):
-            problems.append(f"BM25 covers {len(order)} of {len(chunks)} chunks")
+        spans = sorted((int(s.fids[0]), int(s.fids[-1]), s.name) for s in segments if len(s))
+        for (_, hi, a), (lo, _, b) in zip(spans, spans[1:]):
+            if lo <= hi:
+                problems.append(f"segments {a} and {b} share vector ids")
+        dead = np.fromiter(store.dead, dtype=np.int64, count=len(store.dead))
+        stray = len(dead) - sum(int(s.holds(dead).sum()) for s in segments)
+        if stray:
+            problems.append(f"{stray} tombstones name no segment row")
+        listed = sum(len(r.chunk_ids) for r in manifest.files.values())
+        if listed != len(store):
+            problems.append(f"the manifest lists {listed} chunks, the segments hold {len(store)}")
         if problems:
             raise IndexCorruptError(f"version {name} is inconsistent: {'; '.join(problems)}")
-        store = cls(manifest, chunks, fids, tokens, dense, bm25, order)
         store.version = name
         return store
 
@@ -325,27 +330,31 @@ class IndexStore:
     def save(self, path: Path, *, keep: int = 2, grace_s: float = 300.0) -> Path:
         """Publish this store as a new version of the index at ``path`` (atomic, durable); returns its folder.
 
-        Order (each step durable before the next): every file of the new version → the version folder
-        → its rename into place → the pointer file → ``os.replace`` onto ``CURRENT`` → the index folder.
-        Then superseded versions beyond the newest ``keep`` are removed once they are older than
-        ``grace_s`` and no reader holds them.
+        Order (each step durable before the next): the new segment (chunks added since the last save),
+        renamed into place → every file of the new version → the version folder → its rename into place →
+        the pointer file → ``os.replace`` onto ``CURRENT`` → the index folder. More than
+        ``MAX_SMALL_SEGMENTS`` exact segments are merged into one first. Then superseded versions beyond
+        the newest ``keep`` are removed once they are older than ``grace_s`` and no reader holds them, and
+        segments that no version on disk names any more.
         """
-        faiss = import_faiss()
-
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        (path / "segments").mkdir(parents=True, exist_ok=True)
+        self.segments = [s if _same_dir(s.folder.parent, path / "segments") else self._copy_segment(s, path)
+                         for s in self.segments]
+        if len(self.pending):
+            self.segments.append(self._write([self.pending], path))
+            self.pending.clear()
+            self._changed()
+        small = [s for s in self.segments if not s.approximate]
+        if len(small) > MAX_SMALL_SEGMENTS:
+            self._merge(small, path)
+        self.manifest = _replace(self.manifest, segments=tuple(s.name for s in self.segments), ann=asdict(self.ann))
         name = f"v-{time.time_ns()}"
         tmp = path / f".tmp-{name}"
         tmp.mkdir()
         try:
-            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
-                for cid, chunk in self.chunks.items():
-                    f.write(_json({"fid": self.fids[cid], "tokens": self.tokens[cid], "chunk": chunk.to_dict()}) + "\n")
-            faiss.write_index(self.dense, str(tmp / "dense.faiss"))
-            if self.bm25 is not None:
-                self.bm25.save(str(tmp / "bm25"))
-                (tmp / "bm25_order.json").write_text(json.dumps(self._bm25_order))
             (tmp / "manifest.json").write_text(self.manifest.to_json(), encoding="utf-8")
+            np.save(tmp / "tombstones.npy", np.array(sorted(self.dead), dtype=np.int64))
             (tmp / ".readers").touch()
             _fsync_tree(tmp)
             tmp.rename(path / name)
@@ -358,10 +367,83 @@ class IndexStore:
         self.prune_versions(path, keep=keep, grace_s=grace_s)
         return path / name
 
+    def compact(self, path: Path) -> CompactReport:
+        """Rewrite every segment that holds removed rows, and all small segments, as one segment without them.
+
+        Call :meth:`save` afterwards to publish it (until then readers keep the old segments). Exact: the
+        same chunks, vectors and BM25 statistics, minus the removed rows; a large result gets an IVF index.
+        """
+        path = Path(path)
+        if len(self.pending):
+            self.save(path)
+        t = time.perf_counter()
+        before = len(self.segments)
+        dead_rows = len(self.dead)
+        targets = [s for s in self.segments if not s.approximate or (~self._alive_mask(s)).any()]
+        if len(targets) > 1 or (targets and (~self._alive_mask(targets[0])).any()):
+            self._merge(targets, path)
+        return CompactReport(before, len(self.segments), dead_rows, time.perf_counter() - t)
+
+    def _merge(self, segments: Sequence[Segment], path: Path) -> None:
+        """Replace ``segments`` (in this store's list) by one new segment of their live rows."""
+        merged = self._write(segments, path)
+        names = {s.name for s in segments}
+        for s in segments:
+            fids = s.fids
+            self.dead.difference_update(int(f) for f in fids[~self._alive_mask(s)])
+        keep = [s for s in self.segments if s.name not in names]
+        self.segments = sorted([*keep, merged], key=lambda s: int(s.fids[0]) if len(s) else 0)
+        self._changed()
+
+    def _write(self, segments: Sequence[Segment], path: Path) -> DiskSegment:
+        """One new segment folder under ``path/segments`` holding the live rows of ``segments``."""
+        masks = [self._alive_mask(s) for s in segments]
+        fids = np.concatenate([s.fids[m] for s, m in zip(segments, masks)]) if segments else np.zeros(0, np.int64)
+        order = np.argsort(fids, kind="stable")
+        if len(fids) > 1 and not np.all(np.diff(fids[order]) > 0):
+            raise IndexCorruptError("two segments hold the same vector id; rebuild the index")
+        vectors = np.concatenate([s.vectors()[1][m] for s, m in zip(segments, masks)]) if segments else None
+        vocab, arrays = merge_postings([(s.vocabulary(), *s.postings_arrays(), m) for s, m in zip(segments, masks)])
+        doclen = np.concatenate([np.asarray(s.doclen)[m] for s, m in zip(segments, masks)])
+        if not np.all(order == np.arange(len(order))):  # segments are kept in fid order, so this does not happen
+            raise IndexCorruptError("segments out of vector-id order; rebuild the index")
+
+        def rows() -> Iterator[tuple[int, Chunk]]:
+            for s in segments:
+                alive = self._alive_mask(s)
+                ids = {int(f) for f in s.fids[alive]} if not alive.all() else None
+                for fid, chunk in s.iter_chunks():
+                    if ids is None or fid in ids:
+                        yield fid, chunk
+
+        name = f"s-{time.time_ns()}"
+        tmp = path / "segments" / f".tmp-{name}"
+        try:
+            write_segment(tmp, self.manifest.spec.dim or 0, rows(), vectors, vocab, {**arrays, "doclen": doclen}, self.ann)
+            _fsync_dir(tmp)
+            tmp.rename(path / "segments" / name)
+            _fsync_dir(path / "segments")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return DiskSegment(path / "segments" / name)
+
+    def _copy_segment(self, segment: DiskSegment, path: Path) -> DiskSegment:
+        """A segment of another index (this store was loaded from elsewhere), copied into ``path``."""
+        target = path / "segments" / segment.name
+        if not target.is_dir():
+            tmp = path / "segments" / f".tmp-{segment.name}"
+            shutil.copytree(segment.folder, tmp)
+            _fsync_tree(tmp)
+            tmp.rename(target)
+            _fsync_dir(path / "segments")
+        return DiskSegment(target)
+
     @classmethod
     def prune_versions(cls, path: Path, *, keep: int = 2, grace_s: float = 300.0) -> list[str]:
         """Delete superseded versions beyond the newest ``keep``: only those superseded more than ``grace_s``
-        ago and held by no reader (a non-blocking exclusive lock on ``.readers``). Returns what was removed."""
+        ago and held by no reader (a non-blocking exclusive lock on ``.readers``); then the segments no
+        remaining version names. Returns the versions removed."""
         path = Path(path)
         current = cls.current_version(path)
         names = cls.version_names(path)
@@ -377,10 +459,26 @@ class IndexStore:
                 continue  # superseded too recently: a reader may be about to open it
             if _remove_unless_read(path / n):
                 removed.append(n)
-        for tmp in path.glob(".tmp-v-*"):  # left by a writer that crashed (we hold the writer lock, or no one does)
+        for tmp in [*path.glob(".tmp-v-*"), *path.glob("segments/.tmp-s-*")]:  # left by a writer that crashed
             if time.time() - tmp.stat().st_mtime > max(grace_s, 60):
                 shutil.rmtree(tmp, ignore_errors=True)
+        cls._remove_unused_segments(path, grace_s)
         return removed
+
+    @classmethod
+    def _remove_unused_segments(cls, path: Path, grace_s: float) -> None:
+        """Delete segment folders that no version on disk names (a version that cannot be read keeps them all)."""
+        named: set[str] = set()
+        for n in cls.version_names(path):
+            try:
+                named.update(json.loads((path / n / "manifest.json").read_text(encoding="utf-8")).get("segments", ()))
+            except FileNotFoundError:
+                continue  # a version being removed
+            except (OSError, ValueError):
+                return
+        for seg in (path / "segments").glob("s-*"):
+            if seg.name not in named and (time.time_ns() - _version_time(seg.name)) / 1e9 >= min(grace_s, 60):
+                shutil.rmtree(seg, ignore_errors=True)
 
     @classmethod
     def versions(cls, path: Path) -> list[VersionInfo]:
@@ -392,7 +490,8 @@ class IndexStore:
     def _info(cls, path: Path, name: str, current: str) -> VersionInfo:
         try:
             store = cls._load_version(path, name)
-            return VersionInfo(name, _version_time(name) / 1e9, name == current, len(store.manifest.files), len(store))
+            return VersionInfo(name, _version_time(name) / 1e9, name == current, len(store.manifest.files), len(store),
+                               segments=len(store.segments), removed_rows=len(store.dead))
         except (IndexCorruptError, IndexMismatchError) as e:
             return VersionInfo(name, _version_time(name) / 1e9, name == current, 0, 0, str(e))
 
@@ -432,6 +531,8 @@ class IndexStore:
             _fsync_dir(path)
         for name in cls.version_names(path):
             _remove_unless_read(path / name)
+        if (path / "segments").is_dir():
+            cls._remove_unused_segments(path, 0.0)
 
     @staticmethod
     @contextlib.contextmanager
@@ -487,32 +588,26 @@ class IndexStore:
         if not chunks:
             return
         ids_in = [c.id for c in chunks]
-        held = [cid for cid in ids_in if cid in self.chunks]
+        held = list(self._fids_of(ids_in))
         if held or len(set(ids_in)) != len(ids_in):
             dup = held[0] if held else next(c for c in ids_in if ids_in.count(c) > 1)
             raise ValueError(f"chunk id {dup!r} is already in the index (or twice in this batch); "
                              "drop the file's old chunks first (drop_file) or rebuild the index")
         start = self.manifest.next_fid
-        ids = np.arange(start, start + len(chunks), dtype=np.int64)
-        self.dense.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-        for chunk, fid, toks in zip(chunks, ids.tolist(), tokens):
-            self.chunks[chunk.id] = chunk
-            self.fids[chunk.id] = fid
-            self._by_fid[fid] = chunk.id
-            self.tokens[chunk.id] = list(toks)
+        self.pending.dim = self.pending.dim or vectors.shape[1]
+        self.pending.add(range(start, start + len(chunks)), chunks, np.asarray(vectors, dtype=np.float32), tokens)
         self.manifest = _replace(self.manifest, next_fid=start + len(chunks))
-        self._invalidate()
+        self._changed()
 
     def remove(self, chunk_ids: Iterable[str]) -> int:
-        ids = [cid for cid in chunk_ids if cid in self.chunks]
-        if ids:
-            fids = np.array([self.fids[c] for c in ids], dtype=np.int64)
-            self.dense.remove_ids(fids)
-            for cid in ids:
-                del self._by_fid[self.fids.pop(cid)]
-                del self.chunks[cid], self.tokens[cid]
-            self._invalidate()
-        return len(ids)
+        """Remove chunks by id: unsaved ones at once, saved ones by tombstone; returns how many were held."""
+        fids = self._fids_of(list(chunk_ids))
+        unsaved = set(self.pending.fid_of(list(fids)).values())
+        self.pending.remove(unsaved)
+        self.dead.update(f for f in fids.values() if f not in unsaved)
+        if fids:
+            self._changed()
+        return len(fids)
 
     def set_file(self, record: FileRecord) -> None:
         self.manifest = _replace(self.manifest, files={**self.manifest.files, record.doc_id: record}, updated_at=time.time())
@@ -528,61 +623,257 @@ class IndexStore:
         self.manifest = _replace(self.manifest, files=files, updated_at=time.time())
         return removed
 
-    def _invalidate(self) -> None:
-        self._bm25, self._bm25_order, self._gpu_dense = None, [], None
+    def _changed(self) -> None:
+        self._alive, self._gpu = {}, {}
 
-    @property
-    def bm25(self) -> Any:
-        """The BM25 index over all chunks; rebuilt from the stored tokens after a change (no re-tokenising)."""
-        if self._bm25 is None and self.chunks:
-            import bm25s
-
-            self._bm25_order = list(self.chunks)
-            corpus = [self.tokens[c] or [""] for c in self._bm25_order]
-            self._bm25 = bm25s.BM25()
-            self._bm25.index(corpus, show_progress=False)
-        return self._bm25
-
-    # ---- search ------------------------------------------------------------------------------
+    # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.chunks)
+        return sum(len(s) for s in self.segments) - len(self.dead) + len(self.pending)
+
+    def _all(self) -> list[Segment]:
+        """Saved segments in fid order, then the unsaved chunks (the newest fids)."""
+        return [*self.segments, self.pending] if len(self.pending) else list(self.segments)
+
+    def _alive_mask(self, segment: Segment) -> np.ndarray:
+        """Which rows of ``segment`` are not removed."""
+        key = id(segment)
+        if key not in self._alive:
+            if self.dead and segment is not self.pending:
+                dead = np.fromiter(self.dead, dtype=np.int64, count=len(self.dead))
+                self._alive[key] = ~np.isin(segment.fids, dead)
+            else:
+                self._alive[key] = np.ones(len(segment), dtype=bool)
+        return self._alive[key]
+
+    def _fids_of(self, chunk_ids: Sequence[str]) -> dict[str, int]:
+        """Vector ids of the chunks (of ``chunk_ids``) this store holds and has not removed."""
+        out: dict[str, int] = {}
+        for s in self._all():
+            found = s.fid_of([c for c in chunk_ids if c not in out])
+            out.update((c, f) for c, f in found.items() if f not in self.dead)
+        return out
+
+    def _fetch(self, fids: Sequence[int]) -> dict[int, Chunk]:
+        """Chunks by vector id, read from the segments that hold them."""
+        out: dict[int, Chunk] = {}
+        want = np.asarray(list(fids), dtype=np.int64)
+        for s in self._all():
+            if len(want) and len(s):
+                out.update(s.chunks_by_fid(want[s.holds(want)].tolist()))
+        return out
+
+    def vector_count(self) -> int:
+        """Vectors in the dense indexes, less the removed ones: equal to ``len(self)`` in a consistent index."""
+        return sum(s.dense_index().ntotal for s in self._all()) - len(self.dead)
 
     def search_dense(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[Chunk, float]]]:
-        """Top-k chunks by inner product (cosine on normalised vectors), for each query vector."""
-        if not self.chunks:
-            return [[] for _ in range(len(query_vectors))]
-        index = self._searchable_dense()
-        scores, fids = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.chunks)))
-        return [[(self.chunks[self._by_fid[f]], float(s)) for s, f in zip(row_s, row_f) if f >= 0]
-                for row_s, row_f in zip(scores, fids)]
+        """Top-k chunks by inner product (cosine on normalised vectors), for each query vector.
+
+        Each segment is searched for its k best live rows (removed rows filtered inside FAISS, so a
+        segment with many removals still yields k), and the lists are merged: exact over exact segments;
+        IVF segments search ``self.nprobe`` of their lists.
+        """
+        q = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        if not len(self):
+            return [[] for _ in range(len(q))]
+        found: list[list[tuple[float, int]]] = [[] for _ in range(len(q))]
+        for s in self._all():
+            alive = self._alive_mask(s)
+            n_alive = int(alive.sum())
+            if not n_alive:
+                continue
+            scores, fids = self._search_segment(s, q, min(k, n_alive), alive)
+            for row, (rs, rf) in enumerate(zip(scores, fids)):
+                found[row].extend((float(sc), int(f)) for sc, f in zip(rs, rf) if f >= 0)
+        out = []
+        for hits in found:
+            top = sorted(hits, key=lambda h: (-h[0], h[1]))[:k]
+            chunks = self._fetch([f for _, f in top])
+            out.append([(chunks[f], sc) for sc, f in top if f in chunks])
+        return out
+
+    def _search_segment(self, s: Segment, q: np.ndarray, k: int, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        faiss = import_faiss()
+        index = s.dense_index()
+        if not alive.all():  # leave the removed rows out inside FAISS, so k live rows come back
+            dead = np.ascontiguousarray(s.fids[~alive], dtype=np.int64)
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe) if s.approximate else faiss.SearchParameters()
+            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+            params.sel = faiss.IDSelectorNot(batch)
+            scores, fids = index.search(q, k, params=params)
+            del batch, dead  # the selectors read them while searching: kept alive until here
+            return scores, fids
+        if s.approximate:
+            return index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.nprobe))
+        gpu = self._gpu_index(s, index)
+        return gpu.search(q, k)
+
+    def _gpu_index(self, s: Segment, index: Any) -> Any:
+        """The exact index of ``s`` on the GPU once when faiss sees one (the ``[gpu]`` extra), else as is."""
+        faiss = import_faiss()
+        if id(s) not in self._gpu:
+            self._gpu[id(s)] = index
+            if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+                self._gpu_resources = getattr(self, "_gpu_resources", None) or faiss.StandardGpuResources()
+                self._gpu[id(s)] = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+        return self._gpu[id(s)]
+
+    def doc_freq(self, terms: Iterable[str]) -> dict[str, int]:
+        """How many live chunks hold each term (BM25's document frequency; 0 for an unknown term)."""
+        terms = list(dict.fromkeys(terms))
+        df = dict.fromkeys(terms, 0)
+        for s in self._all():
+            alive = self._alive_mask(s)
+            for term, col in s.columns(terms).items():
+                rows, _ = s.postings(col)
+                df[term] += int(alive[rows].sum())
+        return df
 
     def search_bm25(self, query_tokens: list[str], k: int) -> list[tuple[Chunk, float]]:
-        bm25 = self.bm25
-        if bm25 is None:
-            return []
-        known = [t for t in query_tokens if t in bm25.vocab_dict]
-        if not known:
-            return []
-        scores = bm25.get_scores(known)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.chunks[self._bm25_order[i]], float(scores[i])) for i in top if scores[i] > 0]
+        """Top-k chunks by BM25 (Lucene's idf and length normalisation, k1 1.5, b 0.75), over all segments at once.
 
-    def _searchable_dense(self) -> Any:
-        """The FAISS index to search: moved to the GPU once when faiss sees one (the ``[gpu]`` extra)."""
-        faiss = import_faiss()
+        Statistics are those of the whole live index (document count, average length and each term's
+        document frequency summed over segments, removed rows left out), so scores equal a single BM25
+        index over the same chunks. A term repeated in the query counts each time, as in bm25s.
+        """
+        segments = [s for s in self._all() if len(s)]
+        if not query_tokens or not segments:
+            return []
+        masks = [self._alive_mask(s) for s in segments]
+        n_docs = sum(int(m.sum()) for m in masks)
+        if not n_docs:
+            return []
+        avgdl = sum(float(np.asarray(s.doclen, dtype=np.float64)[m].sum()) for s, m in zip(segments, masks)) / n_docs
+        cols = [s.columns(query_tokens) for s in segments]
+        df = Counter[str]()
+        for s, m, c in zip(segments, masks, cols):
+            for term, col in c.items():
+                df[term] += int(m[s.postings(col)[0]].sum())
+        idf = {t: math.log(1 + (n_docs - d + 0.5) / (d + 0.5)) for t, d in df.items() if d}
+        found: list[tuple[float, int]] = []
+        for s, m, c in zip(segments, masks, cols):
+            scores: np.ndarray | None = None
+            for term in query_tokens:
+                if term not in c or term not in idf:
+                    continue
+                rows, tfs = s.postings(c[term])
+                tf = np.asarray(tfs, dtype=np.float32)
+                dl = np.asarray(s.doclen)[rows]
+                if scores is None:
+                    scores = np.zeros(len(s), dtype=np.float32)
+                scores[rows] += np.float32(idf[term]) * tf / (tf + BM25_K1 * (1 - BM25_B + BM25_B * dl / avgdl))
+            if scores is None:
+                continue
+            scores[~m] = 0
+            n_pos = int(np.count_nonzero(scores))
+            kk = min(k, n_pos)
+            if not kk:
+                continue
+            top = np.argpartition(-scores, kk - 1)[:kk]
+            found.extend((float(scores[r]), int(s.fids[r])) for r in top)
+        top = sorted(found, key=lambda h: (-h[0], h[1]))[:k]
+        chunks = self._fetch([f for _, f in top])
+        return [(chunks[f], sc) for sc, f in top if sc > 0 and f in chunks]
 
-        if self._gpu_dense is None:
-            self._gpu_dense = self.dense
-            if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-                self._gpu_resources = faiss.StandardGpuResources()
-                self._gpu_dense = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.dense)
-        return self._gpu_dense
+    def gate_text(self) -> str:
+        """The Latin-script runs of every chunk (:func:`ragbot.segments.gate_runs`), for the key-term gate.
+
+        Built at ingest and stored with each segment; a removed chunk's runs stay until compaction, so the
+        gate may let a question through that only a removed chunk matched (the model then says it does not know).
+        """
+        return "\n".join(s.gate_text() for s in self._all())
 
     def chunks_of(self, doc_id: str) -> list[Chunk]:
         record = self.manifest.files.get(doc_id)
-        return [self.chunks[c] for c in record.chunk_ids if c in self.chunks] if record else []
+        if not record:
+            return []
+        fids = self._fids_of(list(record.chunk_ids))
+        chunks = self._fetch(list(fids.values()))
+        return [chunks[fids[c]] for c in record.chunk_ids if c in fids and fids[c] in chunks]
+
+
+class ChunkView(Mapping[str, Chunk]):
+    """``store.chunks``: the live chunks by id, read from the segments when asked (nothing is held in memory)."""
+
+    def __init__(self, store: IndexStore) -> None:
+        self._store = store
+
+    def __getitem__(self, chunk_id: str) -> Chunk:
+        fid = self._store._fids_of([chunk_id]).get(chunk_id)
+        if fid is None:
+            raise KeyError(chunk_id)
+        return self._store._fetch([fid])[fid]
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return isinstance(chunk_id, str) and chunk_id in self._store._fids_of([chunk_id])
+
+    def __iter__(self) -> Iterator[str]:
+        for s in self._store._all():
+            dead = self._store.dead
+            for fid, cid in s.iter_ids():
+                if fid not in dead:
+                    yield cid
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def values(self) -> Iterator[Chunk]:  # type: ignore[override]
+        for _, chunk in self._items():
+            yield chunk
+
+    def items(self) -> Iterator[tuple[str, Chunk]]:  # type: ignore[override]
+        for _, chunk in self._items():
+            yield chunk.id, chunk
+
+    def _items(self) -> Iterator[tuple[int, Chunk]]:
+        for s in self._store._all():
+            dead = self._store.dead
+            for fid, chunk in s.iter_chunks():
+                if fid not in dead:
+                    yield fid, chunk
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    segments_before: int
+    segments_after: int
+    removed_rows_dropped: int
+    seconds: float
+
+
+def _read_version_1(version: Path, manifest: Manifest) -> IndexStore:
+    """An index saved before segments (one ``chunks.jsonl`` + ``dense.faiss`` per version): read whole into memory;
+    its next save writes it as one segment."""
+    faiss = import_faiss()
+    name = version.name
+    rows: list[tuple[int, Chunk, list[str]]] = []
+    try:
+        with open(version / "chunks.jsonl", encoding="utf-8", errors="strict") as f:
+            for number, line in enumerate(f, start=1):
+                row = json.loads(line)
+                rows.append((row["fid"], Chunk.from_dict(row["chunk"]), row["tokens"]))
+        dense = faiss.read_index(str(version / "dense.faiss"))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise IndexCorruptError(f"version {name} is damaged ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    fids, vectors = index_vectors(dense)
+    by_fid = {f: r for r in rows for f in [r[0]]}
+    if len(fids) != len(rows) or set(fids.tolist()) != set(by_fid) or len({r[1].id for r in rows}) != len(rows):
+        raise IndexCorruptError(f"version {name} is inconsistent: {len(fids)} vectors for {len(rows)} chunks")
+    store = IndexStore(dataclasses.replace(manifest, format_version=FORMAT_VERSION))
+    store.pending.dim = vectors.shape[1]
+    store.pending.add(fids.tolist(), [by_fid[f][1] for f in fids.tolist()], vectors,
+                      [by_fid[f][2] for f in fids.tolist()])
+    listed = {c for r in manifest.files.values() for c in r.chunk_ids}
+    if listed != {r[1].id for r in rows}:
+        raise IndexCorruptError(f"version {name} is inconsistent: the manifest lists {len(listed)} chunks, "
+                                f"the chunk file holds {len(rows)}")
+    store.version = name
+    return store
 
 
 def _replace(manifest: Manifest, **changes: Any) -> Manifest:
@@ -601,6 +892,8 @@ class VersionInfo:
     files: int
     chunks: int
     error: str = ""  # why it cannot be read ("" when it can)
+    segments: int = 0
+    removed_rows: int = 0  # tombstones: rows removed but still on disk until compaction
 
 
 def _version_time(name: str) -> int:
@@ -685,3 +978,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

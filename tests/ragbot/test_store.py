@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -41,7 +44,7 @@ def test_drop_file_removes_from_every_index(tmp_path):
     store, emb = make_store()
     removed = store.drop_file("doc0")
     assert removed == 3 and set(store.chunks) == {"c1", "c3"}
-    assert store.dense.ntotal == 2
+    assert store.vector_count() == 2
     assert {c.id for c, _ in store.search_bm25(bm25_tokens("主题"), 10)} == {"c1", "c3"}
     store.save(tmp_path)
     assert set(IndexStore.load(tmp_path).chunks) == {"c1", "c3"}
@@ -82,37 +85,67 @@ def test_add_refuses_a_chunk_id_it_already_holds():
     twice = [Chunk("n", "d", "x", "s.md"), Chunk("n", "d", "y", "s.md")]
     with pytest.raises(ValueError, match="'n'"):
         store.add(twice, emb.embed_documents(["x", "y"]), [["x"], ["y"]])
-    assert store.dense.ntotal == len(store) == 2
+    assert store.vector_count() == len(store) == 2
 
 
 def test_load_refuses_vectors_out_of_step_with_chunks_and_says_rebuild(tmp_path):
+    import faiss
+
     store, emb = make_store()
-    store.dense.add_with_ids(emb.embed_documents(["orphan"]), np.array([99], dtype=np.int64))  # a vector, no chunk
     store.save(tmp_path)
-    with pytest.raises(IndexCorruptError, match=r"6 vectors for 5 chunks.*--rebuild"):
+    segment = tmp_path / "segments" / store.segments[0].name
+    dense = faiss.read_index(str(segment / "dense.faiss"))
+    dense.add_with_ids(emb.embed_documents(["orphan"]), np.array([99], dtype=np.int64))  # a vector, no chunk
+    faiss.write_index(dense, str(segment / "dense.faiss"))
+    meta = json.loads((segment / "meta.json").read_text())
+    meta["files"]["dense.faiss"] = (segment / "dense.faiss").stat().st_size  # written so, not truncated
+    (segment / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexCorruptError, match=r"6 vectors for 5 rows.*--rebuild"):
         IndexStore.load(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["truncate-manifest", "truncate-chunks", "garbage-faiss", "delete-chunks"])
+@pytest.mark.parametrize("damage", ["truncate-manifest", "truncate-tombstones", "truncate-chunks", "garbage-faiss",
+                                    "delete-chunks", "truncate-postings", "delete-segment"])
 def test_a_damaged_live_version_falls_back_to_the_previous_one(tmp_path, damage, caplog):
-    store, _ = make_store()
+    store, emb = make_store()
     store.save(tmp_path, grace_s=0)
     good = IndexStore.current_version(tmp_path)
     store.drop_file("doc0")
-    live = store.save(tmp_path, grace_s=0)
-    target = {"truncate-manifest": "manifest.json", "truncate-chunks": "chunks.jsonl", "garbage-faiss": "dense.faiss",
-              "delete-chunks": "chunks.jsonl"}[damage]
-    if damage == "delete-chunks":
-        (live / target).unlink()
+    extra = [Chunk("x1", "doc2", "新增的文本", "t.md")]
+    store.add(extra, emb.embed_documents(["新增的文本"]), [["新增"]])
+    store.set_file(FileRecord("doc2", "doc2", "sha", 1, ("x1",), 0.0))
+    live = store.save(tmp_path, grace_s=0)  # a new segment (doc2) and a tombstone per chunk of doc0
+    new_segment = tmp_path / "segments" / store.segments[-1].name
+    target = {"truncate-manifest": live / "manifest.json", "truncate-tombstones": live / "tombstones.npy",
+              "truncate-chunks": new_segment / "chunks.sqlite", "garbage-faiss": new_segment / "dense.faiss",
+              "delete-chunks": new_segment / "chunks.sqlite", "truncate-postings": new_segment / "rows.npy",
+              "delete-segment": new_segment}[damage]
+    if damage == "delete-segment":
+        shutil.rmtree(target)
+    elif damage == "delete-chunks":
+        target.unlink()
     elif damage == "garbage-faiss":
-        (live / target).write_bytes(b"not a faiss index")
+        target.write_bytes(b"not a faiss index")
     else:
-        data = (live / target).read_bytes()
-        (live / target).write_bytes(data[: len(data) // 2])
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
     loaded = IndexStore.load(tmp_path)
     assert loaded.version == good and len(loaded) == 5
     warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warning) == 1 and "\n" not in warning[0] and live.name in warning[0] and good in warning[0]
+
+
+def test_a_damaged_segment_that_every_version_shares_is_one_line_that_says_rebuild(tmp_path):
+    """Versions share segments (a save writes only what changed), so damage to the oldest one has no fallback:
+    it is refused in one line, never read as a smaller index."""
+    store, _ = make_store()
+    store.save(tmp_path, grace_s=0)
+    store.drop_file("doc0")
+    store.save(tmp_path, grace_s=0)
+    (tmp_path / "segments" / store.segments[0].name / "fids.npy").write_bytes(b"")
+    with pytest.raises(IndexCorruptError, match="--rebuild") as e:
+        IndexStore.load(tmp_path)
+    assert "\n" not in str(e.value) and "fids.npy" in str(e.value)
 
 
 def test_no_readable_version_gives_one_line_that_says_rebuild(tmp_path):
@@ -189,11 +222,17 @@ def test_save_fsyncs_files_folder_and_pointer_before_the_swap_and_the_parent_aft
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     version = store.save(tmp_path / "idx")
+    segment = tmp_path / "idx" / "segments" / store.segments[0].name
     swap = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2].endswith("CURRENT"))
     before = {e[1] for e in events[:swap] if e[0] == "fsync"}
-    for f in ("manifest.json", "chunks.jsonl", "dense.faiss", "bm25_order.json", ".readers"):
+    for f in ("manifest.json", "tombstones.npy", ".readers"):
         assert str(version / f) in before or any(p.endswith(f"/.tmp-{version.name}/{f}") for p in before), f
     assert any(p.endswith(f".tmp-{version.name}") or p == str(version) for p in before), "the version folder"
+    for f in ("chunks.sqlite", "dense.faiss", "fids.npy", "doclen.npy", "indptr.npy", "rows.npy", "tfs.npy",
+              "gate.txt", "meta.json"):
+        assert any(p.endswith(f"/.tmp-{segment.name}/{f}") for p in before), f"segment file {f}"
+    assert any(p.endswith(f"/.tmp-{segment.name}") for p in before), "the segment folder, before its rename"
+    assert str(segment.parent) in before, "the segments folder, after the rename and before the swap"
     assert str(tmp_path / "idx" / ".CURRENT.tmp") in before, "the pointer file"
     assert ("fsync", str(tmp_path / "idx")) in events[swap + 1:], "the parent folder after the swap"
 
@@ -265,3 +304,148 @@ def test_fallback_prefers_the_version_published_before_over_one_never_published(
     assert IndexStore.current_version(tmp_path) == live.name and unpublished.is_dir()
     (live / "manifest.json").write_text("{", encoding="utf-8")
     assert IndexStore.load(tmp_path).version == good
+
+
+def test_removed_chunks_are_never_found_and_k_live_ones_still_come_back(tmp_path):
+    store, emb = make_store(6)
+    store.save(tmp_path)
+    store = IndexStore.load(tmp_path)
+    store.drop_file("doc0")  # c0, c2, c4: tombstones in a saved segment
+    q = emb.embed_query("第2号文本")[None]
+    assert sorted(c.id for c, _ in store.search_dense(q, 3)[0]) == ["c1", "c3", "c5"]
+    assert {c.id for c, _ in store.search_bm25(bm25_tokens("主题"), 10)} == {"c1", "c3", "c5"}
+    store.save(tmp_path)
+    loaded = IndexStore.load(tmp_path)
+    assert sorted(c.id for c, _ in loaded.search_dense(q, 3)[0]) == ["c1", "c3", "c5"]
+    assert sorted(loaded.chunks) == ["c1", "c3", "c5"] and "c0" not in loaded.chunks and len(loaded) == 3
+
+
+def _random_store(tmp_path, n=300, saves=3, seed=0):
+    """A store of ``n`` chunks with Zipf-distributed words, saved in ``saves`` segments, a tenth of it removed."""
+    rng = np.random.default_rng(seed)
+    emb = FakeEmbedder()
+    store = IndexStore.empty(IndexSpec(emb.name, emb.dim, {}))
+    words = [f"w{i}" for i in range(400)]
+    docs = {}
+    for part in np.array_split(np.arange(n), saves):
+        chunks, tokens = [], []
+        for i in part.tolist():
+            toks = [words[min(int(z), 399)] for z in rng.zipf(1.3, size=int(rng.integers(0, 40)))]
+            chunks.append(Chunk(f"c{i}", f"d{i}", " ".join(toks) or "空", "s.md"))
+            tokens.append(toks)
+            docs[f"c{i}"] = toks
+            store.set_file(FileRecord(f"d{i}", f"d{i}", "h", 1, (f"c{i}",), 0.0))
+        store.add(chunks, emb.embed_documents([c.text for c in chunks]), tokens)
+        store.save(tmp_path, grace_s=0)
+    for i in rng.choice(n, n // 10, replace=False).tolist():
+        store.drop_file(f"d{i}")
+        del docs[f"c{i}"]
+    return store, docs, words, rng
+
+
+def test_bm25_over_segments_and_tombstones_scores_as_one_index_over_the_live_chunks(tmp_path):
+    """Statistics are merged across segments and exclude removed rows: the scores of bm25s over the live chunks."""
+    import bm25s
+
+    store, docs, words, rng = _random_store(tmp_path)
+    assert len(store.segments) == 3 and store.dead
+    ids = list(docs)
+    ref = bm25s.BM25()
+    ref.index([docs[c] or [""] for c in ids], show_progress=False)
+    for _ in range(20):
+        query = [words[min(int(z), 399)] for z in rng.zipf(1.3, size=int(rng.integers(1, 6)))]
+        known = [t for t in query if t in ref.vocab_dict]
+        got = store.search_bm25(query, 10)
+        if not known:
+            assert got == []
+            continue
+        expected = ref.get_scores(known)
+        for chunk, score in got:
+            assert score == pytest.approx(float(expected[ids.index(chunk.id)]), rel=1e-4)
+        top = sorted(expected[expected > 0], reverse=True)[:10]
+        assert [s for _, s in got] == pytest.approx(top, rel=1e-4)
+
+
+def _state(path, query_vectors):
+    store = IndexStore.load(path)
+    return (sorted(store.chunks), [[c.id for c, _ in hits] for hits in store.search_dense(query_vectors, 5)],
+            [c.id for c, _ in store.search_bm25(["w1", "w2"], 5)])
+
+
+def test_compaction_drops_removed_rows_and_changes_no_result(tmp_path):
+    store, docs, _, _ = _random_store(tmp_path)
+    store.save(tmp_path, grace_s=0)
+    q = FakeEmbedder().embed_documents(["w1 w3", "w2", "w5 w1"])
+    before = _state(tmp_path, q)
+    bm25_before = store.search_bm25(["w1", "w2"], 10)
+    report = store.compact(tmp_path)
+    store.save(tmp_path, keep=0, grace_s=0)
+    assert report.segments_before == 3 and len(store.segments) == 1 and not store.dead
+    assert _state(tmp_path, q) == before
+    assert [s for _, s in store.search_bm25(["w1", "w2"], 10)] == pytest.approx([s for _, s in bm25_before], rel=1e-5)
+    live = {p.name for p in (tmp_path / "segments").iterdir()}
+    assert live == {store.segments[0].name}, "segments no version names are deleted"
+
+
+def test_a_crash_at_any_step_of_a_save_or_compaction_leaves_the_old_or_the_new_index(tmp_path, monkeypatch):
+    """Kill the writer at each fsync, rename and pointer swap in turn: loading then gives exactly the state
+    before or after, and the next save works and cleans up what the crash left."""
+    import os
+
+    base = tmp_path / "base"
+    store, _, _, _ = _random_store(base)
+    q = FakeEmbedder().embed_documents(["w1 w3", "w2"])
+    old = _state(base, q)
+
+    class Killed(BaseException):
+        pass
+
+    def run(name, work, crash_at=None):
+        s = IndexStore.load(work)
+        calls = {"n": 0}
+        real = {"fsync": os.fsync, "rename": os.rename, "replace": os.replace}
+
+        def step(kind, *args):
+            calls["n"] += 1
+            if crash_at is not None and calls["n"] > crash_at:
+                raise Killed(kind)
+            return real[kind](*args)
+
+        monkeypatch.setattr(os, "fsync", lambda fd: step("fsync", fd))
+        monkeypatch.setattr(os, "rename", lambda a, b: step("rename", a, b))
+        monkeypatch.setattr(os, "replace", lambda a, b: step("replace", a, b))
+        try:
+            if name == "drop+add":
+                s.drop_file("d1")
+                s.drop_file("d2")
+                s.add([Chunk("n1", "dn", "w1 w2 新", "n.md")], FakeEmbedder().embed_documents(["w1 w2 新"]),
+                      [["w1", "w2", "新"]])
+                s.set_file(FileRecord("dn", "dn", "h", 1, ("n1",), 0.0))
+                s.save(work, grace_s=0)
+            else:
+                s.compact(work)
+                s.save(work, grace_s=0)
+            return calls["n"]
+        except Killed:
+            return None
+        finally:
+            monkeypatch.undo()
+
+    for name in ("drop+add", "compact"):
+        shutil.copytree(base, tmp_path / f"{name}-clean")
+        steps = run(name, tmp_path / f"{name}-clean")
+        new = _state(tmp_path / f"{name}-clean", q)
+        for crash_at in range(steps):
+            work = tmp_path / f"{name}-{crash_at}"
+            shutil.copytree(base, work)
+            assert run(name, work, crash_at) is None
+            after = _state(work, q)
+            assert after in (old, new), f"{name}: crash after {crash_at} of {steps} steps gives a third state"
+            IndexStore.load(work).save(work, keep=0, grace_s=0)  # the next writer publishes and cleans up
+            assert _state(work, q) == after
+            named = json.loads((work / IndexStore.current_version(work) / "manifest.json").read_text())["segments"]
+            assert sorted(p.name for p in (work / "segments").iterdir()) == sorted(named), "nothing left behind"
+        if name == "drop+add":
+            assert new != old
+        else:
+            assert new == old, "compaction changes no result"

@@ -9,7 +9,7 @@ import pytest
 
 from ragbot.evaluation.arena import VoteStore
 from ragbot.settings import REFUSAL
-from ragbot.store import IndexStore
+from ragbot.store import IndexStore, bm25_tokens
 
 APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 
@@ -172,16 +172,16 @@ def test_ingest_errors_are_shown_per_file(app, app_env):
 def test_delete_removes_a_document_everywhere(app, app_env):
     store = IndexStore.load(app_env.index_path)
     lora = next(r for r in store.manifest.files.values() if r.source == "lora.md")
-    before = store.dense.ntotal
+    before = store.vector_count()
     app.multiselect(key="kb_delete_select").set_value([lora.doc_id]).run()
     app.button(key="kb_delete").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert any("已删除 1 个文档" in s for s in texts(app.success))
     store = IndexStore.load(app_env.index_path)
     assert lora.doc_id not in store.manifest.files
-    assert store.dense.ntotal == before - len(lora.chunk_ids)
+    assert store.vector_count() == before - len(lora.chunk_ids)
     assert all(c.source != "lora.md" for c in store.chunks.values())
-    assert all(store._bm25_order.count(cid) == 0 for cid in lora.chunk_ids)
+    assert not any(c.source == "lora.md" for c, _ in store.search_bm25(bm25_tokens("LoRA 低秩 适配"), 50))
     ask(app, "LoRA 冻结预训练权重吗？")  # the next question sees the new index (no stale cached pipeline)
     answer = app.session_state["chat_turns"][0].answer
     assert all(p.chunk.source != "lora.md" for p in answer.passages)
