@@ -28,6 +28,7 @@ from ingest.chunking import Chunker
 from ingest.loaders import DocumentLoader, LoadedDocument, LoadError, discover, display_path
 from ragbot.embedder import Embedder
 from ragbot.errors import IndexCorruptError, IndexMismatchError, UnsafePublishError
+from ragbot.segments import AnnParams
 from ragbot.store import FileRecord, IndexSpec, IndexStore, bm25_tokens
 from ragbot.types import Chunk
 
@@ -88,12 +89,14 @@ class IngestPipeline:
 
     def __init__(self, embedder: Embedder, chunker: Chunker, loader: DocumentLoader | None = None,
                  progress: ProgressFactory | None = None, *, lock_timeout_s: float = 600.0, keep_versions: int = 2,
-                 version_grace_s: float = 300.0) -> None:
+                 version_grace_s: float = 300.0, batch_files: int = 200, ann: AnnParams | None = None) -> None:
         self.embedder = embedder
         self.chunker = chunker
         self.loader = loader or DocumentLoader()
         self.progress = progress or _no_progress
         self.lock_timeout_s, self.keep_versions, self.version_grace_s = lock_timeout_s, keep_versions, version_grace_s
+        self.batch_files = batch_files
+        self.ann = ann
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: Embedder,
@@ -103,7 +106,8 @@ class IngestPipeline:
                    DocumentLoader(max_line_chars=settings.max_line_chars, max_pdf_pages=settings.max_pdf_pages,
                                   max_pdf_chars=settings.max_pdf_chars),
                    progress, lock_timeout_s=settings.lock_timeout_s, keep_versions=settings.keep_versions,
-                   version_grace_s=settings.version_grace_s)
+                   version_grace_s=settings.version_grace_s, batch_files=settings.ingest_batch_files,
+                   ann=AnnParams(ann_min=settings.ann_min_chunks, nprobe=settings.nprobe))
 
     def spec(self) -> IndexSpec:
         return IndexSpec(self.embedder.name, self.embedder.dim, self.chunker.spec)
@@ -115,20 +119,49 @@ class IngestPipeline:
             return self._run([Path(p) for p in paths], index_path, prune=prune, rebuild=rebuild, force=force)
 
     def _run(self, paths: list[Path], index_path: Path, *, prune: bool, rebuild: bool, force: bool) -> IngestReport:
-        seconds: dict[str, float] = {}
+        seconds: dict[str, float] = Counter()
         t0 = time.perf_counter()
         spec = self.spec()  # loads the embedder: needed anyway to compare with the index
         seconds["model"] = time.perf_counter() - t0
 
-        t = time.perf_counter()
         old = self._open(index_path, spec, rebuild)
         store = old if old is not None and not rebuild else IndexStore.empty(spec)
+        if self.ann is not None:
+            store.ann = self.ann
         files, errors = discover(paths)
-        failed = [FileFailure(display_path(e.path), e.reason) for e in errors]
-        failed_ids: dict[str, str] = {}
         unique: dict[str, tuple[Path, Path | None]] = {}
         for path, root in files:  # one record per file: the same file twice, or through a symlink, is one
             unique.setdefault(str(path.resolve()), (path, root))
+        items = list(unique.items())
+        # a plain ingest publishes a version every batch_files files, so an interrupted run loses at most one
+        # batch and a re-run skips what was published (unchanged files); a rebuild or prune needs the whole
+        # picture before it may publish (it could drop files), so it is one batch
+        size = max(1, len(items)) if rebuild or prune else self.batch_files
+        batches = [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+        bar = self.progress(total=len(items), desc="files", unit="file")
+        try:
+            parts = [self._run_batch(store, old, dict(batch), errors if i == 0 else [], paths, index_path, bar,
+                                     seconds, prune=prune, rebuild=rebuild, force=force)
+                     for i, batch in enumerate(batches)]
+        finally:
+            bar.close()  # before an error is printed, not after it
+        seconds["total"] = time.perf_counter() - t0
+
+        def joined(name: str) -> tuple:
+            return tuple(x for part in parts for x in getattr(part, name))
+
+        return IngestReport(str(index_path), len(unique) + len(errors), joined("added"), joined("changed"),
+                            joined("unchanged"), joined("removed"), joined("failed"),
+                            sum(p.chunks_added for p in parts), sum(p.chunks_removed for p in parts), len(store),
+                            dict(seconds), joined("duplicates"), joined("notes"), joined("encodings"))
+
+    def _run_batch(self, store: IndexStore, old: IndexStore | None, unique: dict[str, tuple[Path, Path | None]],
+                   errors: Sequence, paths: list[Path], index_path: Path, bar, seconds: Counter, *,
+                   prune: bool, rebuild: bool, force: bool) -> IngestReport:
+        """Load, chunk, embed and publish one batch of files (all of them for a rebuild or prune)."""
+        t = time.perf_counter()
+        failed = [FileFailure(display_path(e.path), e.reason) for e in errors]
+        failed_ids: dict[str, str] = {}
         docs: list[LoadedDocument] = []
 
         def load(doc_id: str, path: Path, root: Path | None, source: str | None = None) -> None:
@@ -143,8 +176,9 @@ class IngestPipeline:
             else:
                 docs.append(doc if source is None else dataclasses.replace(doc, source=source))
 
-        for doc_id, (path, root) in self.progress(list(unique.items()), desc="files", unit="file"):
+        for doc_id, (path, root) in unique.items():
             load(doc_id, path, root)
+            bar.update(1)
         plan = _Plan(store, docs)
         if prune:
             roots = [p.resolve() for p in paths if p.is_dir()]
@@ -171,7 +205,7 @@ class IngestPipeline:
             kept = {d.doc_id for d, _ in to_index} | plan.kept_names()
             missing = [display_path(e.path) for e in errors if e.reason == "does not exist"]
             _refuse_unsafe_publish(old, kept, failed_ids, index_path, force, "rebuild" if rebuild else "prune", missing)
-        seconds["load+chunk"] = time.perf_counter() - t
+        seconds["load+chunk"] += time.perf_counter() - t
 
         t = time.perf_counter()
         chunks_removed = sum(store.drop_file(doc_id) for doc_id in plan.dropped)
@@ -179,11 +213,11 @@ class IngestPipeline:
             chunks_removed += store.drop_file(doc.doc_id)
         new_chunks = [c for _, chunks in to_index for c in chunks]
         tokens = [bm25_tokens(c.embedding_text()) for c in self.progress(new_chunks, desc="tokenise", unit="chunk")]
-        seconds["tokenise"] = time.perf_counter() - t
+        seconds["tokenise"] += time.perf_counter() - t
 
         t = time.perf_counter()
         vectors = self._embed(new_chunks)
-        seconds["embed"] = time.perf_counter() - t
+        seconds["embed"] += time.perf_counter() - t
 
         t = time.perf_counter()
         store.add(new_chunks, vectors, tokens)
@@ -196,17 +230,16 @@ class IngestPipeline:
         for record in plan.updated_records(store):
             store.set_file(record)
         changed_anything = bool(to_index or plan.dropped or plan.touched)
-        if (changed_anything or rebuild) and (store.chunks or IndexStore.exists(index_path)):
+        if (changed_anything or rebuild) and (len(store) or IndexStore.exists(index_path)):
             store.save(index_path, keep=self.keep_versions, grace_s=self.version_grace_s)
-        seconds["index"] = time.perf_counter() - t
-        seconds["total"] = time.perf_counter() - t0
+        seconds["index"] += time.perf_counter() - t
         added = [d.source for d, _ in to_index if d.doc_id not in plan.replaced]
         changed = [d.source for d, _ in to_index if d.doc_id in plan.replaced]
         notes = [FileFailure(d.source, n) for d in docs for n in d.notes]
         encodings = [(d.source, d.encoding) for d in docs if d.encoding]
-        return IngestReport(str(index_path), len(unique) + len(errors), tuple(added), tuple(changed),
-                            tuple(plan.unchanged), tuple(plan.removed_sources), tuple(failed), len(new_chunks),
-                            chunks_removed, len(store), seconds, tuple(duplicates), tuple(notes), tuple(encodings))
+        return IngestReport(str(index_path), 0, tuple(added), tuple(changed), tuple(plan.unchanged),
+                            tuple(plan.removed_sources), tuple(failed), len(new_chunks), chunks_removed, len(store),
+                            {}, tuple(duplicates), tuple(notes), tuple(encodings))
 
     @staticmethod
     def _open(index_path: Path, spec: IndexSpec, rebuild: bool) -> IndexStore | None:

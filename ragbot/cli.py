@@ -176,14 +176,28 @@ def cmd_index(args: argparse.Namespace) -> int:
         return _print_report(_kb(settings).reingest_all(force=args.force))
     if args.index_command == "remove":
         return _remove(settings, args.paths)
+    if args.index_command == "compact":
+        return _compact(settings)
     versions = IndexStore.versions(path)
     if not versions:
         print(f"no index at {path}")
         return 1
     for v in versions:
         when = dt.datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")
-        state = f"DAMAGED: {v.error}" if v.error else f"{v.files} files, {v.chunks} chunks"
+        state = (f"DAMAGED: {v.error}" if v.error else
+                 f"{v.files} files, {v.chunks} chunks, {v.segments} segment(s), {v.removed_rows} removed rows")
         print(f"{'*' if v.current else ' '} {v.name}  {when}  {state}")
+    return 0
+
+
+def _compact(settings) -> int:
+    """Rewrite the index's segments without their removed rows (and merge small ones), then publish."""
+    from ragbot.kb import KnowledgeBase
+
+    reports = KnowledgeBase(settings).compact()
+    for path, r in reports:
+        print(f"compacted {path}: {r.segments_before} -> {r.segments_after} segment(s), {r.removed_rows_dropped} "
+              f"removed rows dropped, {r.seconds:.1f} s")
     return 0
 
 
@@ -317,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("versions", "list the versions kept on disk (* = live)"),
                        ("rollback", "make the previous version (or --to VERSION) live again"),
                        ("remove", "remove files from the index and its variant indexes (the files stay on disk)"),
-                       ("reingest", "rebuild the index from every file it lists (variant indexes are rebuilt on use)")):
+                       ("reingest", "rebuild the index from every file it lists (variant indexes are rebuilt on use)"),
+                       ("compact", "rewrite the index without removed chunks and merge its segments (and its "
+                                   "variant indexes); answers do not change")):
         q = isub.add_parser(name, help=text)
         q.add_argument("--index", help="index folder (default: <home>/index)")
         if name == "rollback":

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragbot.settings import Settings
-from ragbot.store import IndexStore
+from ragbot.segments import AnnParams
+from ragbot.store import CompactReport, IndexStore
 
 if TYPE_CHECKING:
     from ingest.pipeline import IngestReport
@@ -139,6 +140,18 @@ class KnowledgeBase:
                 if p.is_relative_to(up) and p.is_file():
                     p.unlink()
         return removed
+
+    def compact(self) -> list[tuple[Path, CompactReport]]:
+        """Compact the main index and every built variant index (:meth:`IndexStore.compact`), each under its lock."""
+        out = []
+        for path in [self.settings.index_path, *(p for _, p in self.variant_indexes())]:
+            with IndexStore.writer_lock(path, self.settings.lock_timeout_s):
+                store = IndexStore.load(path)
+                store.ann = AnnParams(ann_min=self.settings.ann_min_chunks, nprobe=self.settings.nprobe)
+                report = store.compact(path)
+                store.save(path, keep=self.settings.keep_versions, grace_s=self.settings.version_grace_s)
+            out.append((path, report))
+        return out
 
     # ---- helpers --------------------------------------------------------------------------
     def _pipeline(self, settings: Settings):

@@ -60,6 +60,7 @@ class RagPipeline:
                 store = IndexStore.load(settings.index_path, expect=expect)
             else:
                 store.check(settings.index_path, expect)
+            store.nprobe = settings.nprobe
             embedder = embedder or embedder_from_settings(settings)
         else:
             store = None

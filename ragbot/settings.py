@@ -99,6 +99,9 @@ class Settings:
     lock_timeout_s: float = 600.0  # how long a second writer waits for the index lock before giving up
     keep_versions: int = 2  # previous index versions kept for `ragbot index rollback` (besides the live one)
     version_grace_s: float = 300.0  # a superseded version is deleted only after this long (readers may hold it)
+    ingest_batch_files: int = 200  # ingest publishes a version every this many files: an interrupted run resumes there
+    ann_min_chunks: int = 50_000  # a segment this large gets an approximate (IVF) dense index; smaller ones are exact
+    nprobe: int = 32  # IVF lists searched per question (more: higher recall, slower); see README "Scale"
 
     # retrieval
     dense_k: int = 30
@@ -127,7 +130,7 @@ class Settings:
             object.__setattr__(self, "index_dir", Path(self.index_dir).expanduser())
         for name in ("chunk_size", "dense_k", "bm25_k", "rrf_k", "top_k", "max_new_tokens", "embed_batch_size",
                      "rerank_candidates", "max_passage_chars", "max_line_chars", "max_pdf_pages", "max_pdf_chars",
-                     "max_question_chars"):
+                     "max_question_chars", "ingest_batch_files", "ann_min_chunks", "nprobe"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
         if not 0 <= self.chunk_overlap < self.chunk_size:

@@ -184,3 +184,22 @@ def test_the_query_path_does_not_import_ingest(indexed):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_index_compact_drops_removed_rows_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAGBOT_HOME", str(tmp_path))
+    monkeypatch.setenv("RAGBOT_VERSION_GRACE_S", "0")
+    _fake_embedder(monkeypatch)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in ("a", "b", "c"):
+        (docs / f"{n}.md").write_text(f"# {n}\n\n第 {n} 篇文档的内容。\n", encoding="utf-8")
+    assert cli.main(["ingest", str(docs)]) == 0
+    assert cli.main(["index", "remove", str(docs / "a.md")]) == 0
+    capsys.readouterr()
+    assert cli.main(["index", "versions"]) == 0
+    assert "2 files, 2 chunks, 1 segment(s), 1 removed rows" in capsys.readouterr().out.splitlines()[0]
+    assert cli.main(["index", "compact"]) == 0
+    assert "1 -> 1 segment(s), 1 removed rows dropped" in capsys.readouterr().out
+    assert cli.main(["index", "versions"]) == 0
+    assert "2 files, 2 chunks, 1 segment(s), 0 removed rows" in capsys.readouterr().out.splitlines()[0]
