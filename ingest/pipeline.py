@@ -89,7 +89,8 @@ class IngestPipeline:
 
     def __init__(self, embedder: Embedder, chunker: Chunker, loader: DocumentLoader | None = None,
                  progress: ProgressFactory | None = None, *, lock_timeout_s: float = 600.0, keep_versions: int = 2,
-                 version_grace_s: float = 300.0, batch_files: int = 200, ann: AnnParams | None = None) -> None:
+                 version_grace_s: float = 300.0, batch_files: int = 200, ann: AnnParams | None = None,
+                 store: str = "local") -> None:
         self.embedder = embedder
         self.chunker = chunker
         self.loader = loader or DocumentLoader()
@@ -97,6 +98,7 @@ class IngestPipeline:
         self.lock_timeout_s, self.keep_versions, self.version_grace_s = lock_timeout_s, keep_versions, version_grace_s
         self.batch_files = batch_files
         self.ann = ann
+        self.store = store  # where a new index keeps its data: "local" or a Milvus URI setting (ragbot.milvus)
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: Embedder,
@@ -107,7 +109,7 @@ class IngestPipeline:
                                   max_pdf_chars=settings.max_pdf_chars),
                    progress, lock_timeout_s=settings.lock_timeout_s, keep_versions=settings.keep_versions,
                    version_grace_s=settings.version_grace_s, batch_files=settings.ingest_batch_files,
-                   ann=AnnParams(ann_min=settings.ann_min_chunks, nprobe=settings.nprobe))
+                   ann=AnnParams(ann_min=settings.ann_min_chunks, nprobe=settings.nprobe), store=settings.store)
 
     def spec(self) -> IndexSpec:
         return IndexSpec(self.embedder.name, self.embedder.dim, self.chunker.spec)
@@ -125,7 +127,7 @@ class IngestPipeline:
         seconds["model"] = time.perf_counter() - t0
 
         old = self._open(index_path, spec, rebuild)
-        store = old if old is not None and not rebuild else IndexStore.empty(spec)
+        store = old if old is not None and not rebuild else self._empty(spec, index_path)
         if self.ann is not None:
             store.ann = self.ann
         files, errors = discover(paths)
@@ -241,8 +243,14 @@ class IngestPipeline:
                             tuple(plan.removed_sources), tuple(failed), len(new_chunks), chunks_removed, len(store),
                             {}, tuple(duplicates), tuple(notes), tuple(encodings))
 
-    @staticmethod
-    def _open(index_path: Path, spec: IndexSpec, rebuild: bool) -> IndexStore | None:
+    def _empty(self, spec: IndexSpec, index_path: Path) -> IndexStore:
+        if self.store == "local":
+            return IndexStore.empty(spec)
+        from ragbot.milvus import MilvusStore
+
+        return MilvusStore.create(spec, self.store, index_path)
+
+    def _open(self, index_path: Path, spec: IndexSpec, rebuild: bool) -> IndexStore | None:
         """The index as it is now (None when there is none); a rebuild may start over a damaged one."""
         if not IndexStore.exists(index_path):
             return None
@@ -254,6 +262,12 @@ class IngestPipeline:
             raise
         if not rebuild:
             store.check(index_path, spec)
+            held = "local" if not store.manifest.backend else "milvus"
+            wanted = "local" if self.store == "local" else "milvus"
+            if held != wanted:
+                raise IndexMismatchError(
+                    f"index at {index_path} keeps its data {'locally' if held == 'local' else 'in Milvus'}, and the "
+                    f"store setting is {self.store!r}; move it with: ragbot ingest PATH... --index {index_path} --rebuild")
         return store
 
     def _embed(self, chunks: list[Chunk]):

@@ -96,6 +96,7 @@ class Settings:
     max_pdf_chars: int = 5_000_000  # characters extracted per PDF; the rest is skipped and reported
 
     # the index on disk
+    store: str = "local"  # "local" (segments in the index folder), "milvus:PATH.db" (Milvus Lite), "milvus://HOST:PORT"
     lock_timeout_s: float = 600.0  # how long a second writer waits for the index lock before giving up
     keep_versions: int = 2  # previous index versions kept for `ragbot index rollback` (besides the live one)
     version_grace_s: float = 300.0  # a superseded version is deleted only after this long (readers may hold it)
@@ -157,6 +158,10 @@ class Settings:
             if not (self.embedder_base_url or self.llm_base_url).startswith(("http://", "https://")):
                 raise ConfigError(f"embedder_base_url ({self.embedder_base_url!r}) must be the embedding server's "
                                   f"http(s) URL for embedder = {self.embedder!r} (set RAGBOT_EMBEDDER_BASE_URL)")
+        if not (self.store == "local" or self.store.startswith("milvus://") and len(self.store) > 9
+                or self.store.startswith("milvus:") and not self.store.startswith("milvus://") and len(self.store) > 7):
+            raise ConfigError(f"store ({self.store!r}) must be \"local\", \"milvus:PATH.db\" (Milvus Lite, a file) or "
+                              "\"milvus://HOST:PORT\" (a Milvus server), e.g. RAGBOT_STORE=milvus:./ragbot.db")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads ({self.num_threads}) must be >= 0 (0 keeps torch's default)")
         choices = {"device": ("auto", "cpu", "cuda"), "chunker": ("markdown", "fixed"), "prompt": ("grounded", "plain"),

@@ -146,6 +146,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     segments: tuple[str, ...] = ()  # segment folders under segments/, in vector-id order
     ann: dict[str, Any] = field(default_factory=dict)  # the AnnParams the segments were written with
+    backend: dict[str, Any] = field(default_factory=dict)  # {} for local segments; Milvus: see ragbot.milvus
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -162,7 +163,7 @@ class Manifest:
         d = json.loads(text)
         files = {k: FileRecord(**{**v, "chunk_ids": tuple(v["chunk_ids"])}) for k, v in d["files"].items()}
         return cls(IndexSpec(**d["spec"]), files, d["next_fid"], d["created_at"], d["updated_at"], d["format_version"],
-                   tuple(d.get("segments", ())), d.get("ann", {}))
+                   tuple(d.get("segments", ())), d.get("ann", {}), d.get("backend", {}))
 
 
 def bm25_tokens(text: str) -> list[str]:
@@ -284,6 +285,10 @@ class IndexStore:
             raise IndexCorruptError(f"version {name} has an unreadable manifest ({type(e).__name__}: {e})") from None
         if manifest.format_version == 1:
             return _read_version_1(version, manifest)
+        if manifest.backend.get("kind") == "milvus":
+            from ragbot.milvus import MilvusStore
+
+            return MilvusStore.from_version(version, manifest)
         if manifest.format_version != FORMAT_VERSION:
             raise IndexMismatchError(
                 f"index at {version.parent} has format {manifest.format_version}, this ragbot reads {FORMAT_VERSION}; "
@@ -467,16 +472,25 @@ class IndexStore:
 
     @classmethod
     def _remove_unused_segments(cls, path: Path, grace_s: float) -> None:
-        """Delete segment folders that no version on disk names (a version that cannot be read keeps them all)."""
+        """Delete segment folders (and Milvus collections) that no version on disk names (a version that cannot be
+        read keeps them all)."""
         named: set[str] = set()
+        backends: list[dict[str, Any]] = []
         for n in cls.version_names(path):
             try:
-                named.update(json.loads((path / n / "manifest.json").read_text(encoding="utf-8")).get("segments", ()))
+                d = json.loads((path / n / "manifest.json").read_text(encoding="utf-8"))
             except FileNotFoundError:
                 continue  # a version being removed
             except (OSError, ValueError):
                 return
-        for seg in (path / "segments").glob("s-*"):
+            named.update(d.get("segments", ()))
+            if d.get("backend"):
+                backends.append(d["backend"])
+        if (path / "milvus.json").is_file():
+            from ragbot.milvus import drop_unused_collections
+
+            drop_unused_collections(path, backends)
+        for seg in path.glob("segments/s-*"):
             if seg.name not in named and (time.time_ns() - _version_time(seg.name)) / 1e9 >= min(grace_s, 60):
                 shutil.rmtree(seg, ignore_errors=True)
 
@@ -531,7 +545,7 @@ class IndexStore:
             _fsync_dir(path)
         for name in cls.version_names(path):
             _remove_unless_read(path / name)
-        if (path / "segments").is_dir():
+        if path.is_dir():
             cls._remove_unused_segments(path, 0.0)
 
     @staticmethod
@@ -661,6 +675,19 @@ class IndexStore:
             if len(want) and len(s):
                 out.update(s.chunks_by_fid(want[s.holds(want)].tolist()))
         return out
+
+    def _iter_ids(self) -> Iterator[tuple[int, str]]:
+        """``(fid, chunk id)`` of every live chunk, in fid order."""
+        for s in self._all():
+            for fid, cid in s.iter_ids():
+                if fid not in self.dead:
+                    yield fid, cid
+
+    def _iter_chunks(self) -> Iterator[tuple[int, Chunk]]:
+        for s in self._all():
+            for fid, chunk in s.iter_chunks():
+                if fid not in self.dead:
+                    yield fid, chunk
 
     def vector_count(self) -> int:
         """Vectors in the dense indexes, less the removed ones: equal to ``len(self)`` in a consistent index."""
@@ -808,11 +835,8 @@ class ChunkView(Mapping[str, Chunk]):
         return isinstance(chunk_id, str) and chunk_id in self._store._fids_of([chunk_id])
 
     def __iter__(self) -> Iterator[str]:
-        for s in self._store._all():
-            dead = self._store.dead
-            for fid, cid in s.iter_ids():
-                if fid not in dead:
-                    yield cid
+        for _, cid in self._store._iter_ids():
+            yield cid
 
     def __len__(self) -> int:
         return len(self._store)
@@ -826,11 +850,7 @@ class ChunkView(Mapping[str, Chunk]):
             yield chunk.id, chunk
 
     def _items(self) -> Iterator[tuple[int, Chunk]]:
-        for s in self._store._all():
-            dead = self._store.dead
-            for fid, chunk in s.iter_chunks():
-                if fid not in dead:
-                    yield fid, chunk
+        return self._store._iter_chunks()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):

@@ -1,0 +1,327 @@
+"""Milvus as the index's storage (``store = "milvus:PATH.db"`` for Milvus Lite, ``"milvus://HOST:PORT"`` for a
+Standalone or Distributed server): chunks, their vectors and their BM25 index live in one Milvus collection;
+what an index *is* (the manifest: files, spec, versions, tombstones) stays in the local index folder, versioned
+and published exactly as for the local store (:mod:`ragbot.store`).
+
+The collection holds one row per chunk: ``fid`` (primary key, the vector id), ``chunk_id``, ``doc_id``, ``data``
+(the chunk as JSON), ``text`` (what the embedder saw, analysed by Milvus's jieba tokenizer in search mode,
+lower-cased: Milvus's own BM25 full-text search), ``sparse`` (BM25, made by Milvus) and ``dense`` (the vector).
+
+Versions on top of a mutable engine, without copying: a version sees the rows with ``fid < visible_below`` (its
+``next_fid`` when it was published) that are not in its tombstones. So a save inserts the new rows (invisible
+until the manifest that counts them is published) and records removals as tombstones; a crash at any moment
+leaves the old or the new version, and ``ragbot index rollback`` works as for local segments. Rows a crashed
+writer inserted but never published are deleted by the next save; tombstoned rows are deleted from Milvus by
+``ragbot index compact`` (which then keeps no earlier version: they would miss those rows). A rebuild writes a
+new collection; collections no version names are dropped.
+
+What stays local and why: the key-term gate's runs (per file, in the manifest: Milvus has no substring search
+over a whole collection) and the writer lock (one writer per index folder). BM25 scores are Milvus's (its
+jieba, its statistics), so rankings differ slightly from the local store's; the reranker's idf feature uses
+Milvus's ``TEXT_MATCH`` counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragbot.errors import ConfigError, IndexCorruptError, MissingExtraError
+from ragbot.segments import gate_runs
+from ragbot.store import CompactReport, IndexSpec, IndexStore, Manifest
+from ragbot.types import Chunk
+
+ANALYZER = {"tokenizer": {"type": "jieba", "mode": "search"}, "filter": ["lowercase"]}
+_CLIENTS: dict[str, Any] = {}
+_BATCH = 1000
+
+
+def milvus_uri(store: str) -> str:
+    """The pymilvus URI of a ``store`` setting: a Milvus Lite file for ``milvus:PATH.db``, a server for
+    ``milvus://HOST:PORT``; :class:`ConfigError` naming the forms otherwise."""
+    if store.startswith("milvus://"):
+        return "http://" + store[len("milvus://"):]
+    if store.startswith("milvus:") and store[len("milvus:"):].strip():
+        return str(Path(store[len("milvus:"):]).expanduser().resolve())
+    raise ConfigError(f"store ({store!r}) must be \"local\", \"milvus:PATH.db\" (Milvus Lite, a file) or "
+                      "\"milvus://HOST:PORT\" (a Milvus server), e.g. RAGBOT_STORE=milvus:./ragbot.db")
+
+
+def client(uri: str) -> Any:
+    """One pymilvus client per URI in this process (Milvus Lite starts its engine once per file)."""
+    if uri not in _CLIENTS:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError:
+            raise MissingExtraError("the Milvus store needs pymilvus: pip install 'ragbot[milvus]'") from None
+        try:
+            _CLIENTS[uri] = MilvusClient(uri)
+        except Exception as e:  # the engine's own errors: unreachable server, a Lite file another process holds
+            raise ConfigError(f"cannot open Milvus at {uri} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "start the server (docker compose --profile milvus up) or check the store setting") from None
+    return _CLIENTS[uri]
+
+
+def collection_prefix(index_path: Path) -> str:
+    return "ragbot_" + hashlib.sha256(str(Path(index_path).resolve()).encode()).hexdigest()[:12]
+
+
+class MilvusStore(IndexStore):
+    """An :class:`IndexStore` whose chunks, vectors and BM25 live in a Milvus collection (module docstring)."""
+
+    def __init__(self, manifest: Manifest, tombstones: Iterable[int] = ()) -> None:
+        super().__init__(manifest, (), tombstones)
+        self.uri = manifest.backend["uri"]
+        self.collection = manifest.backend["collection"]
+        self.visible_below = int(manifest.backend.get("visible_below", 0))
+        self._new_gate: dict[str, set[str]] = {}
+
+    @classmethod
+    def create(cls, spec: IndexSpec, store: str, index_path: Path) -> MilvusStore:
+        """An empty index in a new collection (a rebuild too: the live version keeps its own until published)."""
+        now = time.time()
+        backend = {"kind": "milvus", "uri": milvus_uri(store), "visible_below": 0, "rows": 0, "gate": {},
+                   "collection": f"{collection_prefix(index_path)}_{time.time_ns()}"}
+        return cls(Manifest(spec, {}, 0, now, now, backend=backend))
+
+    @classmethod
+    def from_version(cls, version: Path, manifest: Manifest) -> MilvusStore:
+        try:
+            tombstones = np.load(version / "tombstones.npy")
+        except (OSError, ValueError) as e:
+            raise IndexCorruptError(f"version {version.name} is damaged ({type(e).__name__}: {e})") from None
+        store = cls(manifest, tombstones.tolist())
+        listed = sum(len(r.chunk_ids) for r in manifest.files.values())
+        if listed != len(store):
+            raise IndexCorruptError(f"version {version.name} is inconsistent: the manifest lists {listed} chunks, "
+                                    f"Milvus holds {len(store)} for it")
+        store.version = version.name
+        return store
+
+    # ---- Milvus -------------------------------------------------------------------------------
+    def _client(self) -> Any:
+        c = client(self.uri)
+        if not c.has_collection(self.collection):
+            self._create_collection(c)
+        return c
+
+    def _create_collection(self, c: Any) -> None:
+        from pymilvus import DataType, Function, FunctionType
+
+        schema = c.create_schema(auto_id=False)
+        schema.add_field("fid", DataType.INT64, is_primary=True)
+        schema.add_field("chunk_id", DataType.VARCHAR, max_length=1024)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=4096)
+        schema.add_field("data", DataType.VARCHAR, max_length=65535)
+        schema.add_field("text", DataType.VARCHAR, max_length=65535, enable_analyzer=True, enable_match=True,
+                         analyzer_params=ANALYZER)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.manifest.spec.dim)
+        schema.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["text"],
+                                     output_field_names=["sparse"]))
+        index = c.prepare_index_params()
+        index.add_index("dense", index_type="AUTOINDEX", metric_type="IP")
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        c.create_collection(self.collection, schema=schema, index_params=index)
+
+    def _visible(self, extra: str = "") -> str:
+        """The filter that makes this version's rows, and only them, visible."""
+        parts = [f"fid < {self.visible_below}"]
+        if self.dead:
+            parts.append(f"not (fid in [{','.join(str(f) for f in sorted(self.dead))}])")
+        if extra:
+            parts.append(extra)
+        return " and ".join(parts)
+
+    # ---- changes ------------------------------------------------------------------------------
+    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray, tokens: Sequence[list[str]]) -> None:
+        super().add(chunks, vectors, tokens)
+        for c in chunks:
+            self._new_gate.setdefault(c.doc_id, set()).update(gate_runs([c.embedding_text()]))
+
+    def save(self, path: Path, *, keep: int = 2, grace_s: float = 300.0) -> Path:
+        """Insert the unsaved chunks (invisible until the new manifest is published), then publish it."""
+        path = Path(path)
+        c = self._client()
+        gate = dict(self.manifest.backend.get("gate", {}))
+        for doc_id, runs in self._new_gate.items():
+            gate[doc_id] = "\n".join(sorted(runs | set(gate.get(doc_id, "").split("\n")) - {""}))
+        gate = {d: g for d, g in gate.items() if d in self.manifest.files}
+        rows = int(self.manifest.backend.get("rows", 0))
+        if len(self.pending):
+            c.delete(self.collection, filter=f"fid >= {self.visible_below}")  # a crashed writer's, never published
+            batch: list[dict[str, Any]] = []
+            fids, vectors = self.pending.vectors()
+            chunks = self.pending.chunks_by_fid(fids.tolist())
+            for fid, vec in zip(fids.tolist(), vectors):
+                ch = chunks[fid]
+                batch.append({"fid": fid, "chunk_id": ch.id, "doc_id": ch.doc_id, "text": ch.embedding_text(),
+                              "data": json.dumps(ch.to_dict(), ensure_ascii=True), "dense": vec.tolist()})
+                if len(batch) >= _BATCH:
+                    c.insert(self.collection, batch)
+                    batch = []
+            if batch:
+                c.insert(self.collection, batch)
+            c.flush(self.collection)
+            rows += len(fids)
+            self.pending.clear()
+        self.visible_below = self.manifest.next_fid
+        self._new_gate = {}
+        self.manifest = _with_backend(self.manifest, visible_below=self.visible_below, rows=rows, gate=gate)
+        _remember(path, self.uri)
+        return super().save(path, keep=keep, grace_s=grace_s)
+
+    def compact(self, path: Path) -> CompactReport:
+        """Delete the removed rows from Milvus (and rows no version sees), then publish with no earlier version kept."""
+        t = time.perf_counter()
+        if len(self.pending):
+            self.save(path)
+        c = self._client()
+        dropped = len(self.dead)
+        dead = sorted(self.dead)
+        for i in range(0, len(dead), _BATCH):
+            c.delete(self.collection, ids=dead[i:i + _BATCH])
+        c.delete(self.collection, filter=f"fid >= {self.visible_below}")
+        c.flush(self.collection)
+        rows = int(self.manifest.backend.get("rows", 0)) - dropped
+        self.dead = set()
+        self.manifest = _with_backend(self.manifest, rows=rows)
+        self._changed()
+        self.save(path, keep=0, grace_s=0.0)
+        return CompactReport(1, 1, dropped, time.perf_counter() - t)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.manifest.backend.get("rows", 0)) - len(self.dead) + len(self.pending)
+
+    def vector_count(self) -> int:
+        if not self.visible_below:
+            return len(self.pending)
+        got = self._client().query(self.collection, filter=self._visible(), output_fields=["count(*)"])
+        return int(got[0]["count(*)"]) + len(self.pending)
+
+    def _fids_of(self, chunk_ids: Sequence[str]) -> dict[str, int]:
+        out = {c: f for c, f in self.pending.fid_of(list(chunk_ids)).items()}
+        rest = [c for c in dict.fromkeys(chunk_ids) if c not in out]
+        for i in range(0, len(rest), _BATCH):
+            part = rest[i:i + _BATCH]
+            found = self._client().query(self.collection, filter=self._visible(f"chunk_id in {json.dumps(part)}"),
+                                         output_fields=["fid", "chunk_id"])
+            out.update((r["chunk_id"], int(r["fid"])) for r in found)
+        return out
+
+    def _fetch(self, fids: Sequence[int]) -> dict[int, Chunk]:
+        out = self.pending.chunks_by_fid(list(fids))
+        rest = [int(f) for f in fids if f not in out and f < self.visible_below]
+        for i in range(0, len(rest), _BATCH):
+            for r in self._client().get(self.collection, ids=rest[i:i + _BATCH], output_fields=["fid", "data"]):
+                out[int(r["fid"])] = Chunk.from_dict(json.loads(r["data"]))
+        return out
+
+    def _iter_chunks(self) -> Iterator[tuple[int, Chunk]]:
+        if self.visible_below:
+            it = self._client().query_iterator(self.collection, batch_size=_BATCH, filter=self._visible(),
+                                               output_fields=["fid", "data"])
+            rows = []
+            while page := it.next():
+                rows.extend((int(r["fid"]), r["data"]) for r in page)
+            it.close()
+            for fid, data in sorted(rows):
+                yield fid, Chunk.from_dict(json.loads(data))
+        yield from self.pending.iter_chunks()
+
+    def _iter_ids(self) -> Iterator[tuple[int, str]]:
+        for fid, chunk in self._iter_chunks():
+            yield fid, chunk.id
+
+    def search_dense(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[Chunk, float]]]:
+        q = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        found: list[list[tuple[float, int]]] = [[] for _ in range(len(q))]
+        if self.visible_below:
+            res = self._client().search(self.collection, data=q.tolist(), anns_field="dense", limit=k,
+                                        filter=self._visible(), search_params={"metric_type": "IP"},
+                                        output_fields=["fid"])
+            for row, hits in enumerate(res):
+                found[row].extend((float(h["distance"]), int(h["entity"]["fid"])) for h in hits)
+        if len(self.pending):
+            for row, hits in enumerate(IndexStore.search_dense(self._pending_only(), q, k)):
+                found[row].extend((s, self.pending.fid_of([c.id])[c.id]) for c, s in hits)
+        out = []
+        for hits in found:
+            top = sorted(hits, key=lambda h: (-h[0], h[1]))[:k]
+            chunks = self._fetch([f for _, f in top])
+            out.append([(chunks[f], s) for s, f in top if f in chunks])
+        return out
+
+    def _pending_only(self) -> IndexStore:
+        view = IndexStore(self.manifest)
+        view.pending = self.pending
+        return view
+
+    def search_bm25(self, query_tokens: list[str], k: int) -> list[tuple[Chunk, float]]:
+        """Milvus's full-text search (BM25 over its jieba tokens) on the query's words; unsaved chunks are not
+        searched (a reader never has any)."""
+        if not query_tokens or not self.visible_below:
+            return []
+        res = self._client().search(self.collection, data=[" ".join(query_tokens)], anns_field="sparse", limit=k,
+                                    filter=self._visible(), search_params={"metric_type": "BM25"},
+                                    output_fields=["fid"])
+        top = [(abs(float(h["distance"])), int(h["entity"]["fid"])) for h in res[0]]  # Milvus Lite negates it
+        chunks = self._fetch([f for _, f in top])
+        return [(chunks[f], s) for s, f in top if f in chunks and s > 0]
+
+    def doc_freq(self, terms: Iterable[str]) -> dict[str, int]:
+        out = {}
+        for t in dict.fromkeys(terms):
+            if not self.visible_below:
+                out[t] = 0
+                continue
+            expr = self._visible(f"TEXT_MATCH(text, {json.dumps(t, ensure_ascii=False)})")
+            out[t] = int(self._client().query(self.collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
+        return out
+
+    def gate_text(self) -> str:
+        stored = "\n".join(self.manifest.backend.get("gate", {}).values())
+        new = "\n".join(r for runs in self._new_gate.values() for r in runs)
+        return "\n".join(t for t in (stored, new) if t)
+
+
+def _with_backend(manifest: Manifest, **changes: Any) -> Manifest:
+    import dataclasses
+
+    return dataclasses.replace(manifest, backend={**manifest.backend, **changes})
+
+
+def _remember(path: Path, uri: str) -> None:
+    """Note the Milvus URIs an index folder has used, so its unused collections can be found and dropped later."""
+    path.mkdir(parents=True, exist_ok=True)
+    f = path / "milvus.json"
+    uris = set(json.loads(f.read_text())) if f.is_file() else set()
+    if uri not in uris:
+        f.write_text(json.dumps(sorted(uris | {uri})))
+
+
+def drop_unused_collections(path: Path, named: Sequence[dict[str, Any]]) -> list[str]:
+    """Drop this index folder's collections that no version on disk names (``named``: their backends)."""
+    f = Path(path) / "milvus.json"
+    if not f.is_file():
+        return []
+    keep = {b.get("collection") for b in named}
+    prefix = collection_prefix(path)
+    dropped = []
+    for uri in json.loads(f.read_text()):
+        try:
+            c = client(uri)
+            for name in c.list_collections():
+                if name.startswith(prefix + "_") and name not in keep:
+                    c.drop_collection(name)
+                    dropped.append(name)
+        except (ConfigError, MissingExtraError):
+            continue  # unreachable now: dropped by a later save
+    return dropped
