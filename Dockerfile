@@ -43,4 +43,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
 
 # First start: build the offline models into /data/models and ingest the bundled corpus (a few minutes
 # on CPU); later starts find both in the volume and go straight to the app.
-CMD ["sh", "-c", "ragbot prepare && { [ -f \"$RAGBOT_HOME/index/CURRENT\" ] || ragbot ingest /app/corpus; } && exec streamlit run ui/app.py --server.address 0.0.0.0 --server.port 8501"]
+CMD ["sh", "-c", "ragbot prepare && { [ -f \"${RAGBOT_INDEX_DIR:-$RAGBOT_HOME/index}/CURRENT\" ] || ragbot ingest /app/corpus; } && exec streamlit run ui/app.py --server.address 0.0.0.0 --server.port 8501"]

@@ -178,6 +178,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         return _remove(settings, args.paths)
     if args.index_command == "compact":
         return _compact(settings)
+    if args.index_command == "export":
+        return _export(settings, args)
     versions = IndexStore.versions(path)
     if not versions:
         print(f"no index at {path}")
@@ -198,6 +200,23 @@ def _compact(settings) -> int:
     for path, r in reports:
         print(f"compacted {path}: {r.segments_before} -> {r.segments_after} segment(s), {r.removed_rows_dropped} "
               f"removed rows dropped, {r.seconds:.1f} s")
+    return 0
+
+
+def _export(settings, args: argparse.Namespace) -> int:
+    """Copy the index into Milvus (nothing is embedded again) as a new index folder; say how to use it."""
+    from ingest.pipeline import tqdm_progress
+    from ragbot import milvus
+    from ragbot.store import IndexStore
+
+    milvus.milvus_uri(args.to)  # a bad URI is a one-line error before anything is read
+    out = Path(args.out).expanduser() if args.out else settings.index_path.with_name(settings.index_path.name + "-milvus")
+    if IndexStore.exists(out):
+        raise ConfigError(f"{out} already holds an index; give another --out, or remove it first")
+    with IndexStore.writer_lock(out, settings.lock_timeout_s):
+        target = milvus.export(IndexStore.load(settings.index_path), args.to, out, progress=tqdm_progress)
+    print(f"exported {len(target)} chunks of {len(target.manifest.files)} files to {args.to} (collection "
+          f"{target.collection}); use it with: RAGBOT_STORE={args.to} RAGBOT_INDEX_DIR={out} ragbot ask ...")
     return 0
 
 
@@ -333,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("remove", "remove files from the index and its variant indexes (the files stay on disk)"),
                        ("reingest", "rebuild the index from every file it lists (variant indexes are rebuilt on use)"),
                        ("compact", "rewrite the index without removed chunks and merge its segments (and its "
-                                   "variant indexes); answers do not change")):
+                                   "variant indexes); answers do not change"),
+                       ("export", "copy the index into Milvus (--to milvus:PATH.db or milvus://HOST:PORT) as a new "
+                                  "index folder, without embedding again")):
         q = isub.add_parser(name, help=text)
         q.add_argument("--index", help="index folder (default: <home>/index)")
         if name == "rollback":
@@ -342,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("paths", nargs="+", help="files as they were ingested")
         if name == "reingest":
             q.add_argument("--force", action="store_true", help="publish even when most files are gone from disk")
+        if name == "export":
+            q.add_argument("--to", required=True, help="milvus:PATH.db (Milvus Lite) or milvus://HOST:PORT")
+            q.add_argument("--out", help="the new index folder (default: the index folder's name + -milvus)")
         q.set_defaults(func=cmd_index)
 
     p = sub.add_parser("ask", help="answer a question from the index, with citations")

@@ -292,6 +292,45 @@ class MilvusStore(IndexStore):
         return "\n".join(t for t in (stored, new) if t)
 
 
+def export(source: IndexStore, store: str, path: Path, batch: int = 10_000, progress: Any = None) -> MilvusStore:
+    """Copy an index (its chunks, vectors and file list) into a new Milvus-backed index at ``path``: nothing is
+    embedded again. Published every ``batch`` chunks; the file list with the last batch."""
+    target = MilvusStore.create(source.manifest.spec, store, path)
+    fids, chunks, vectors = [], [], []
+    bar = progress(total=len(source), desc="export", unit="chunk") if progress else None
+
+    def flush() -> None:
+        if chunks:
+            target.add(chunks, np.stack(vectors), [[] for _ in chunks])
+            target.save(path, keep=0, grace_s=0.0)
+            if bar:
+                bar.update(len(chunks))
+            fids.clear(), chunks.clear(), vectors.clear()
+
+    for segment in source._all():
+        seg_fids, seg_vectors = segment.vectors()
+        row = {int(f): i for i, f in enumerate(seg_fids.tolist())}
+        for fid, chunk in segment.iter_chunks():
+            if fid in source.dead:
+                continue
+            chunks.append(chunk)
+            vectors.append(seg_vectors[row[fid]])
+            if len(chunks) >= batch:
+                flush()
+    for record in source.manifest.files.values():
+        target.set_file(record)
+    target._new_gate = {}
+    for segment in source._all():  # the gate runs per file, from the chunks' text
+        for fid, chunk in segment.iter_chunks():
+            if fid not in source.dead:
+                target._new_gate.setdefault(chunk.doc_id, set()).update(gate_runs([chunk.embedding_text()]))
+    flush()
+    target.save(path, keep=0, grace_s=0.0)
+    if bar:
+        bar.close()
+    return target
+
+
 def _with_backend(manifest: Manifest, **changes: Any) -> Manifest:
     import dataclasses
 

@@ -225,7 +225,7 @@ def documents_frame(rows: Sequence[DocumentRow]) -> Any:
 # ---------------------------------------------------------------- jobs: what the worker thread runs
 
 
-ACTIONS = {"ingest": "导入文档", "reingest": "重新导入全部文档", "delete": "删除文档"}
+ACTIONS = {"ingest": "导入文档", "reingest": "重新导入全部文档", "delete": "删除文档", "compact": "压缩索引"}
 
 
 @dataclass(frozen=True)
@@ -286,6 +286,12 @@ def perform(settings: Settings, embedder_for: EmbedderFor, request: Request, pro
             removed = kb.delete(request.doc_ids)
             return Outcome("success", f"已删除 {len(request.doc_ids)} 个文档（{removed} 个分块），"
                                       "向量索引、BM25 和分块库已同步更新。")
+        if request.action == "compact":
+            done = kb.compact()
+            dropped = sum(r.removed_rows_dropped for _, r in done)
+            main = done[0][1]
+            return Outcome("success", f"索引已压缩：{dropped} 个已删除的分块从磁盘移除，分段 {main.segments_before} → "
+                                      f"{main.segments_after}（{sum(r.seconds for _, r in done):.1f} 秒），回答不变。")
         if request.action == "reingest":
             report = kb.reingest_all(force=request.force)
         else:
@@ -486,7 +492,7 @@ def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None, v
                      column_config={"分块数": st.column_config.NumberColumn(format="%d"),
                                     "大小 (KB)": st.column_config.NumberColumn(format="%.1f")})
 
-        col_del, col_re = st.columns([3, 1], vertical_alignment="bottom")
+        col_del, col_re, col_compact = st.columns([3, 1, 1], vertical_alignment="bottom")
         by_id = {d.doc_id: d for d in docs}
         with col_del:
             chosen = st.multiselect("选择要删除的文档", list(by_id), format_func=lambda d: by_id[d].source,
@@ -498,5 +504,9 @@ def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None, v
             if st.button("全部重新导入", key="kb_reingest", icon="🔄", width="stretch", disabled=busy,
                          help="按当前设置重新读取、切分、向量化所有文档（文件已不存在的会被移除）"):
                 view.start(Request("reingest"))
+        with col_compact:
+            if st.button("压缩索引", key="kb_compact", icon="🗜️", width="stretch", disabled=busy,
+                         help="删除的分块先记为墓碑，压缩后才从磁盘移除并合并分段；检索结果不变"):
+                view.start(Request("compact"))
     if own:
         view.follow()

@@ -123,3 +123,24 @@ def test_switching_the_store_setting_on_an_existing_index_says_rebuild(milvus):
 def test_a_bad_store_setting_names_the_forms(bad):
     with pytest.raises(ConfigError, match=r"store .*local.*milvus:PATH\.db.*milvus://HOST:PORT"):
         Settings(store=bad)
+
+
+def test_export_copies_a_local_index_into_milvus_without_embedding_again(milvus, tmp_path):
+    from ragbot import milvus as M
+
+    settings, docs = milvus
+    local = settings.replace(store="local", index_dir=tmp_path / "local")
+    ingest(local, [docs])
+    source = IndexStore.load(local.index_path)
+    source.drop_file(str((docs / "adam.md").resolve()))  # a tombstone is not exported
+    source.save(local.index_path)
+    source = IndexStore.load(local.index_path)
+    out = tmp_path / "exported"
+    M.export(source, settings.store, out, batch=1)
+    target = IndexStore.load(out)
+    assert isinstance(target, MilvusStore) and dict(target.chunks.items()) == dict(source.chunks.items())
+    assert target.manifest.files == source.manifest.files
+    q = FakeEmbedder().embed_query("LoRA 低秩")[None]
+    assert [(c.id, round(s, 4)) for c, s in target.search_dense(q, 3)[0]] == \
+        [(c.id, round(s, 4)) for c, s in source.search_dense(q, 3)[0]]
+    assert target.gate_text().split() and "lora" in target.gate_text()

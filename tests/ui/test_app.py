@@ -187,6 +187,19 @@ def test_delete_removes_a_document_everywhere(app, app_env):
     assert all(p.chunk.source != "lora.md" for p in answer.passages)
 
 
+def test_compacting_after_a_delete_drops_its_rows_from_disk(app, app_env):
+    store = IndexStore.load(app_env.index_path)
+    lora = next(r for r in store.manifest.files.values() if r.source == "lora.md")
+    app.multiselect(key="kb_delete_select").set_value([lora.doc_id]).run()
+    app.button(key="kb_delete").click().run()
+    assert len(IndexStore.load(app_env.index_path).dead) == len(lora.chunk_ids)
+    app.button(key="kb_compact").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any(f"索引已压缩：{len(lora.chunk_ids)} 个已删除的分块从磁盘移除" in s for s in texts(app.success))
+    store = IndexStore.load(app_env.index_path)
+    assert not store.dead and lora.doc_id not in store.manifest.files and len(store) == store.vector_count()
+
+
 def test_reingest_all_rebuilds_the_index(app, app_env):
     app.button(key="kb_reingest").click().run()
     assert not app.exception, [e.value for e in app.exception]
