@@ -484,3 +484,23 @@ def test_a_large_segment_gets_an_approximate_index_whose_recall_is_measured(tmp_
     assert recall(AnnParams().nprobe) >= 0.95
     assert recall(1) < 0.9
     assert all(int(c.id[1:]) >= 500 for hits in store.search_dense(queries[:20], 10) for c, _ in hits)
+
+
+def test_a_reader_keeps_answering_while_a_compaction_replaces_and_deletes_its_segments(tmp_path):
+    store, _, _, _ = _random_store(tmp_path)
+    store.save(tmp_path, grace_s=0)
+    q = FakeEmbedder().embed_documents(["w1 w3", "w2"])
+    reader = IndexStore.load(tmp_path)  # opened before: its segments are the ones compaction replaces
+    before = (sorted(reader.chunks), [[c.id for c, _ in h] for h in reader.search_dense(q, 5)],
+              [c.id for c, _ in reader.search_bm25(["w1", "w2"], 5)])
+    old = {s.name for s in reader.segments}
+    writer = IndexStore.load(tmp_path)
+    writer.compact(tmp_path)
+    during = IndexStore.load(tmp_path)  # a reader that opens between the new segment and the publish
+    assert {s.name for s in during.segments} == old
+    writer.save(tmp_path, keep=0, grace_s=0)
+    assert not any((tmp_path / "segments" / n).exists() for n in old), "the old segments are gone from disk"
+    for r in (reader, during):
+        assert (sorted(r.chunks), [[c.id for c, _ in h] for h in r.search_dense(q, 5)],
+                [c.id for c, _ in r.search_bm25(["w1", "w2"], 5)]) == before
+    assert _state(tmp_path, q) == before
