@@ -149,8 +149,11 @@ class Manifest:
     backend: dict[str, Any] = field(default_factory=dict)  # {} for local segments; Milvus: see ragbot.milvus
 
     def to_json(self) -> str:
-        d = asdict(self)
-        d["files"] = {k: {**asdict(v), "chunk_ids": list(v.chunk_ids)} for k, v in self.files.items()}
+        # by hand, not dataclasses.asdict: that deep-copies every chunk id (8 s for a million)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["spec"] = asdict(self.spec)
+        d["files"] = {k: {**{f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, "chunk_ids": list(v.chunk_ids)}
+                      for k, v in self.files.items()}
         d["segments"] = list(self.segments)
         return _json(d, indent=1 if len(self.files) < 1000 else None)
 
@@ -359,6 +362,10 @@ class IndexStore:
         tmp.mkdir()
         try:
             (tmp / "manifest.json").write_text(self.manifest.to_json(), encoding="utf-8")
+            # what the version needs besides the manifest, readable without parsing it (segment GC reads it)
+            (tmp / "uses.json").write_text(json.dumps({"segments": list(self.manifest.segments),
+                                                       "backend": {k: v for k, v in self.manifest.backend.items()
+                                                                   if k != "gate"}}), encoding="utf-8")
             np.save(tmp / "tombstones.npy", np.array(sorted(self.dead), dtype=np.int64))
             (tmp / ".readers").touch()
             _fsync_tree(tmp)
@@ -373,10 +380,11 @@ class IndexStore:
         return path / name
 
     def compact(self, path: Path) -> CompactReport:
-        """Rewrite every segment that holds removed rows, and all small segments, as one segment without them.
+        """Rewrite all segments as one, without the removed rows (nothing to do for one segment with none).
 
         Call :meth:`save` afterwards to publish it (until then readers keep the old segments). Exact: the
-        same chunks, vectors and BM25 statistics, minus the removed rows; a large result gets an IVF index.
+        same chunks, vectors and BM25 statistics, minus the removed rows; a large result gets an IVF index
+        trained afresh (the cost of a compaction at 1M chunks is that training: see README "Scale").
         """
         path = Path(path)
         if len(self.pending):
@@ -384,9 +392,8 @@ class IndexStore:
         t = time.perf_counter()
         before = len(self.segments)
         dead_rows = len(self.dead)
-        targets = [s for s in self.segments if not s.approximate or (~self._alive_mask(s)).any()]
-        if len(targets) > 1 or (targets and (~self._alive_mask(targets[0])).any()):
-            self._merge(targets, path)
+        if before > 1 or dead_rows:
+            self._merge(list(self.segments), path)
         return CompactReport(before, len(self.segments), dead_rows, time.perf_counter() - t)
 
     def _merge(self, segments: Sequence[Segment], path: Path) -> None:
@@ -477,8 +484,9 @@ class IndexStore:
         named: set[str] = set()
         backends: list[dict[str, Any]] = []
         for n in cls.version_names(path):
-            try:
-                d = json.loads((path / n / "manifest.json").read_text(encoding="utf-8"))
+            uses = path / n / "uses.json"
+            try:  # uses.json: a few bytes; versions saved before it: the manifest
+                d = json.loads((uses if uses.is_file() else path / n / "manifest.json").read_text(encoding="utf-8"))
             except FileNotFoundError:
                 continue  # a version being removed
             except (OSError, ValueError):
