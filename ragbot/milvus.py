@@ -292,6 +292,11 @@ class MilvusStore(IndexStore):
         return "\n".join(t for t in (stored, new) if t)
 
 
+def from_version(version: Path, manifest: Manifest) -> MilvusStore:
+    """The hook :mod:`ragbot.store` calls for a version whose manifest names Milvus."""
+    return MilvusStore.from_version(version, manifest)
+
+
 def export(source: IndexStore, store: str, path: Path, batch: int = 10_000, progress: Any = None) -> MilvusStore:
     """Copy an index (its chunks, vectors and file list) into a new Milvus-backed index at ``path``: nothing is
     embedded again. Published every ``batch`` chunks; the file list with the last batch."""

@@ -288,10 +288,8 @@ class IndexStore:
             raise IndexCorruptError(f"version {name} has an unreadable manifest ({type(e).__name__}: {e})") from None
         if manifest.format_version == 1:
             return _read_version_1(version, manifest)
-        if manifest.backend.get("kind") == "milvus":
-            from ragbot.milvus import MilvusStore
-
-            return MilvusStore.from_version(version, manifest)
+        if manifest.backend:  # the data lives in an engine (its module reads the version)
+            return _backend(manifest.backend).from_version(version, manifest)
         if manifest.format_version != FORMAT_VERSION:
             raise IndexMismatchError(
                 f"index at {version.parent} has format {manifest.format_version}, this ragbot reads {FORMAT_VERSION}; "
@@ -495,9 +493,7 @@ class IndexStore:
             if d.get("backend"):
                 backends.append(d["backend"])
         if (path / "milvus.json").is_file():
-            from ragbot.milvus import drop_unused_collections
-
-            drop_unused_collections(path, backends)
+            _backend({"kind": "milvus"}).drop_unused_collections(path, backends)
         for seg in path.glob("segments/s-*"):
             if seg.name not in named and (time.time_ns() - _version_time(seg.name)) / 1e9 >= min(grace_s, 60):
                 shutil.rmtree(seg, ignore_errors=True)
@@ -1006,6 +1002,22 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Stores whose data lives in an engine: manifest backend "kind" -> the module that implements it, imported only
+# when an index uses it. Each module provides from_version(version, manifest) -> IndexStore and
+# drop_unused_collections(index_path, backends_still_named).
+BACKENDS = {"milvus": "ragbot.milvus"}
+
+
+def _backend(backend: dict[str, Any]) -> Any:
+    import importlib
+
+    kind = backend.get("kind")
+    if kind not in BACKENDS:
+        raise IndexCorruptError(f"the index names an unknown store {kind!r}; this ragbot knows: local, "
+                                f"{', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[kind])
 
 
 def _same_dir(a: Path, b: Path) -> bool:
