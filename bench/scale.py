@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -236,13 +235,21 @@ def read_figures(path: Path, queries: np.ndarray, texts: list[str], nprobes: lis
         embed.append(r.timings_ms.get("dense_ms", 0.0))
     out["hybrid_p50_ms"] = round(1000 * float(np.median(hybrid)), 2)
     out["hybrid_dense_incl_query_embedding_p50_ms"] = round(float(np.median(embed)), 2)
-    out["rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    out["rss_gb"] = peak_rss_gb()
     for nprobe in nprobes:
         if nprobe not in sweep:
             sweep[nprobe] = dense(nprobe)
     out["dense"] = {k: sweep[k] for k in sorted(sweep)}
-    out["rss_gb_after_sweep"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    out["rss_gb_after_sweep"] = peak_rss_gb()
     return out
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that across exec,
+    so a reader started by the big builder process would report the builder's peak."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return round(kb / 2**20, 3)
 
 
 def du(path: Path) -> int:
@@ -298,6 +305,47 @@ def run(n: int, args: argparse.Namespace, src: Source) -> dict:
     }
 
 
+def compare_ann(src: Source, n: int, queries: int, seed: int) -> dict:
+    """IVF-Flat (what ragbot uses) against HNSW-Flat on the same generated vectors: build time, index size,
+    recall@10 against exact search and p50 per single query, each at a few search-time settings."""
+    import faiss
+
+    from ragbot.segments import ivf_index
+
+    gen = Generator(src.vectors, seed)
+    vecs = np.concatenate([src.vectors, gen.grow(n - len(src.vectors))[0]])
+    qs = gen.queries(queries)
+    truth = exact_top10(vecs, qs)
+    fids = np.arange(n, dtype=np.int64)
+    out: dict = {"chunks": n}
+
+    def measure(index, knob: str, values: list[int]) -> dict:
+        res = {}
+        for v in values:
+            faiss.ParameterSpace().set_index_parameter(index, knob, v)
+            times, found = [], []
+            for q in qs:
+                t = time.perf_counter()
+                _, ids = index.search(q[None], 10)
+                times.append(time.perf_counter() - t)
+                found.append(ids[0])
+            recall = float(np.mean([len(set(t.tolist()) & set(f.tolist())) / 10 for t, f in zip(truth, found)]))
+            res[v] = {"recall_at_10": round(recall, 4), "p50_ms": round(1000 * float(np.median(times)), 2)}
+        return res
+
+    t = time.perf_counter()
+    ivf = ivf_index(vecs.shape[1], fids, vecs, AnnParams())
+    out["ivf"] = {"build_s": round(time.perf_counter() - t, 1), "bytes": faiss.serialize_index(ivf).nbytes,
+                  "nlist": ivf.nlist, "nprobe": measure(ivf, "nprobe", [16, 32, 64])}
+    t = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(vecs.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 80
+    hnsw.add(vecs)
+    out["hnsw_m32"] = {"build_s": round(time.perf_counter() - t, 1), "bytes": faiss.serialize_index(hnsw).nbytes,
+                       "efSearch": measure(hnsw, "efSearch", [32, 64, 128])}
+    return out
+
+
 def chart(results: list[dict], out: Path) -> Path | None:
     try:
         from matplotlib.figure import Figure
@@ -331,6 +379,7 @@ def main() -> None:
     ap.add_argument("--sweep", type=int, action="append", default=None, help="also measure recall at this nprobe")
     ap.add_argument("--ann-min", type=int, default=None, help="default: the ann_min_chunks setting")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare-ann", type=int, metavar="N", help="only: IVF vs HNSW on N generated vectors")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--read", help=argparse.SUPPRESS)
     ap.add_argument("--query-file", help=argparse.SUPPRESS)
@@ -338,7 +387,7 @@ def main() -> None:
     settings = Settings.load()
     args.nprobe = args.nprobe or settings.nprobe
     args.ann_min = args.ann_min or settings.ann_min_chunks
-    args.sweep = sorted(set(args.sweep or [8, 16, 64, 128]) | {args.nprobe})
+    args.sweep = sorted(set(args.sweep or [8, 16, 32, 64, 128]) | {args.nprobe})
     if args.read:
         q = np.load(args.query_file)
         print(json.dumps(read_figures(Path(args.read), q["queries"], [str(t) for t in q["texts"]], args.sweep,
@@ -347,6 +396,9 @@ def main() -> None:
     args.out = args.out or str(settings.home / "scale")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     src = Source(Path(args.index) if args.index else settings.index_path)
+    if args.compare_ann:
+        print(json.dumps(compare_ann(src, args.compare_ann, args.queries, args.seed)))
+        return
     sizes = [10_000, 100_000, 1_000_000] if args.curve else (args.chunks or [100_000])
     results = []
     for n in sizes:

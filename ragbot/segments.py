@@ -57,7 +57,7 @@ class AnnParams:
     """
 
     ann_min: int = 50_000
-    nprobe: int = 32
+    nprobe: int = 64  # recall@10 0.95 at 1M chunks (bench/scale.py; README "Scale")
     train_per_list: int = 40
     seed: int = 0
 

@@ -102,7 +102,7 @@ class Settings:
     version_grace_s: float = 300.0  # a superseded version is deleted only after this long (readers may hold it)
     ingest_batch_files: int = 200  # ingest publishes a version every this many files: an interrupted run resumes there
     ann_min_chunks: int = 50_000  # a segment this large gets an approximate (IVF) dense index; smaller ones are exact
-    nprobe: int = 32  # IVF lists searched per question (more: higher recall, slower); see README "Scale"
+    nprobe: int = 64  # IVF lists searched per question (more: higher recall, slower); see README "Scale"
 
     # retrieval
     dense_k: int = 30
