@@ -142,8 +142,9 @@ class IngestPipeline:
         batches = [items[i:i + size] for i in range(0, len(items), size)] or [[]]
         bar = self.progress(total=len(items), desc="files", unit="file")
         try:
+            made: Counter = Counter()
             parts = [self._run_batch(store, old, dict(batch), errors if i == 0 else [], paths, index_path, bar,
-                                     seconds, prune=prune, rebuild=rebuild, force=force)
+                                     seconds, made, prune=prune, rebuild=rebuild, force=force)
                      for i, batch in enumerate(batches)]
         finally:
             bar.close()  # before an error is printed, not after it
@@ -158,7 +159,7 @@ class IngestPipeline:
                             dict(seconds), joined("duplicates"), joined("notes"), joined("encodings"))
 
     def _run_batch(self, store: IndexStore, old: IndexStore | None, unique: dict[str, tuple[Path, Path | None]],
-                   errors: Sequence, paths: list[Path], index_path: Path, bar, seconds: Counter, *,
+                   errors: Sequence, paths: list[Path], index_path: Path, bar, seconds: Counter, made: Counter, *,
                    prune: bool, rebuild: bool, force: bool) -> IngestReport:
         """Load, chunk, embed and publish one batch of files (all of them for a rebuild or prune)."""
         t = time.perf_counter()
@@ -203,6 +204,9 @@ class IngestPipeline:
             to_index.append((doc, chunks))
         duplicates = plan.assign_duplicates(to_index)
         to_index = [(d, c) for d, c in to_index if d.doc_id not in plan.aliased]
+        made["chunks"] += sum(len(c) for _, c in to_index)
+        if hasattr(bar, "set_postfix_str"):  # tqdm: files with their ETA, and the chunks made so far
+            bar.set_postfix_str(f"{made['chunks']} new chunks", refresh=False)
         if old is not None and (rebuild or prune):
             kept = {d.doc_id for d, _ in to_index} | plan.kept_names()
             missing = [display_path(e.path) for e in errors if e.reason == "does not exist"]
