@@ -454,8 +454,10 @@ def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None, v
     view.slot()
     busy = view.running
 
+    store = None
     try:
-        docs = list_documents(settings, get_store(settings.index_path)) if IndexStore.exists(settings.index_path) else []
+        store = get_store(settings.index_path) if IndexStore.exists(settings.index_path) else None
+        docs = list_documents(settings, store) if store is not None else []
     except RagbotError as e:
         st.error(f"知识库无法打开：{md_escape(str(e))}", icon="⚠️")
         docs = []
@@ -492,6 +494,9 @@ def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None, v
                      column_config={"分块数": st.column_config.NumberColumn(format="%d"),
                                     "大小 (KB)": st.column_config.NumberColumn(format="%.1f")})
 
+        if store is not None:
+            where = "Milvus" if store.manifest.backend else f"{len(store.segments)} 个分段"
+            st.caption(f"索引存储：{where}；{len(store.dead)} 个已删除的分块等待压缩（压缩后从磁盘移除）。")
         col_del, col_re, col_compact = st.columns([3, 1, 1], vertical_alignment="bottom")
         by_id = {d.doc_id: d for d in docs}
         with col_del:

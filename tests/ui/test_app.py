@@ -193,11 +193,13 @@ def test_compacting_after_a_delete_drops_its_rows_from_disk(app, app_env):
     app.multiselect(key="kb_delete_select").set_value([lora.doc_id]).run()
     app.button(key="kb_delete").click().run()
     assert len(IndexStore.load(app_env.index_path).dead) == len(lora.chunk_ids)
+    assert any(f"{len(lora.chunk_ids)} 个已删除的分块等待压缩" in c.value for c in app.caption)
     app.button(key="kb_compact").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert any(f"索引已压缩：{len(lora.chunk_ids)} 个已删除的分块从磁盘移除" in s for s in texts(app.success))
     store = IndexStore.load(app_env.index_path)
     assert not store.dead and lora.doc_id not in store.manifest.files and len(store) == store.vector_count()
+    assert any("1 个分段；0 个已删除的分块等待压缩" in c.value for c in app.caption)
 
 
 def test_reingest_all_rebuilds_the_index(app, app_env):
