@@ -61,9 +61,10 @@ class FeatureExtractor:
         bm25 = {h.chunk.id: (h.score, i) for i, h in enumerate(retrieval.bm25)}
         top_bm25 = retrieval.bm25[0].score if retrieval.bm25 else 1.0
         rows = []
+        held = self.store.terms_of([h.chunk.id for h in candidates], q_tokens)  # from the postings
         for hit in candidates:
             c = hit.chunk
-            toks = set(bm25_tokens(c.embedding_text()))  # what ingest indexed for it
+            toks = held.get(c.id, set())
             head = set(bm25_tokens(c.heading)) if c.heading_path else set()
             d_score, d_rank = dense.get(c.id, (None, None))
             b_score, b_rank = bm25.get(c.id, (0.0, None))

@@ -286,6 +286,14 @@ class MilvusStore(IndexStore):
             out[t] = int(self._client().query(self.collection, filter=expr, output_fields=["count(*)"])[0]["count(*)"])
         return out
 
+    def terms_of(self, chunk_ids: Sequence[str], terms: Iterable[str]) -> dict[str, set[str]]:
+        from ragbot.store import bm25_tokens
+
+        wanted = set(terms)
+        fids = self._fids_of(list(chunk_ids))
+        chunks = self._fetch(list(fids.values()))
+        return {c: set(bm25_tokens(chunks[f].embedding_text())) & wanted for c, f in fids.items() if f in chunks}
+
     def gate_text(self) -> str:
         stored = "\n".join(self.manifest.backend.get("gate", {}).values())
         new = "\n".join(r for runs in self._new_gate.values() for r in runs)

@@ -760,6 +760,24 @@ class IndexStore:
                 df[term] += int(alive[rows].sum())
         return df
 
+    def terms_of(self, chunk_ids: Sequence[str], terms: Iterable[str]) -> dict[str, set[str]]:
+        """Which of ``terms`` each chunk holds (its BM25 words), read from the postings: what ingest indexed,
+        without tokenising the chunks again."""
+        terms = list(dict.fromkeys(terms))
+        fids = self._fids_of(list(chunk_ids))
+        by_fid = {f: c for c, f in fids.items()}
+        out: dict[str, set[str]] = {c: set() for c in fids}
+        want = np.fromiter(by_fid, dtype=np.int64, count=len(by_fid))
+        for s in self._all():
+            mine = want[s.holds(want)] if len(s) else want[:0]
+            if not len(mine):
+                continue
+            for term, col in s.columns(terms).items():
+                rows, _ = s.postings(col)
+                for f in np.intersect1d(s.fids[rows], mine).tolist():
+                    out[by_fid[f]].add(term)
+        return out
+
     def search_bm25(self, query_tokens: list[str], k: int) -> list[tuple[Chunk, float]]:
         """Top-k chunks by BM25 (Lucene's idf and length normalisation, k1 1.5, b 0.75), over all segments at once.
 

@@ -551,3 +551,15 @@ while True:
     store.save(tmp_path / "idx", keep=0, grace_s=0)
     named = set(store.manifest.segments)
     assert {p.name for p in (tmp_path / "idx" / "segments").iterdir() if not p.name.startswith(".tmp")} == named
+
+
+def test_terms_of_reads_from_the_postings_what_ingest_indexed(tmp_path):
+    store, _ = make_store()
+    store.save(tmp_path)
+    store = IndexStore.load(tmp_path)
+    store.drop_file("doc1")
+    terms = ["主题", "第", "文本", "不存在的词"]
+    held = store.terms_of(["c0", "c1", "c2"], terms)  # c1 is removed: not reported
+    assert set(held) == {"c0", "c2"}
+    for cid in held:
+        assert held[cid] == set(bm25_tokens(store.chunks[cid].text)) & set(terms)
