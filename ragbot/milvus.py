@@ -60,12 +60,25 @@ def client(uri: str) -> Any:
             from pymilvus import MilvusClient
         except ImportError:
             raise MissingExtraError("the Milvus store needs pymilvus: pip install 'ragbot[milvus]'") from None
+        if not _CLIENTS:
+            import atexit
+
+            atexit.register(_close_clients)  # a client left open makes gRPC complain at interpreter exit
         try:
             _CLIENTS[uri] = MilvusClient(uri)
         except Exception as e:  # the engine's own errors: unreachable server, a Lite file another process holds
             raise ConfigError(f"cannot open Milvus at {uri} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                               "start the server (docker compose --profile milvus up) or check the store setting") from None
     return _CLIENTS[uri]
+
+
+def _close_clients() -> None:
+    for c in _CLIENTS.values():
+        try:
+            c.close()
+        except Exception:  # closing at exit must never raise
+            pass
+    _CLIENTS.clear()
 
 
 def collection_prefix(index_path: Path) -> str:
