@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("rollback", "make the previous version (or --to VERSION) live again"),
                        ("remove", "remove files from the index and its variant indexes (the files stay on disk)"),
                        ("reingest", "rebuild the index from every file it lists (variant indexes are rebuilt on use)"),
-                       ("compact", "rewrite the index without removed chunks and merge its segments (and its "
-                                   "variant indexes); answers do not change"),
+                       ("compact", "rewrite the index as one segment without removed chunks (and its variant "
+                                   "indexes); above ann_min_chunks the result is searched approximately"),
                        ("export", "copy the index into Milvus (--to milvus:PATH.db or milvus://HOST:PORT) as a new "
                                   "index folder, without embedding again")):
         q = isub.add_parser(name, help=text)

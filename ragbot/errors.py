@@ -29,6 +29,10 @@ class IndexCorruptError(RagbotError):
     """An index version on disk is damaged or inconsistent (and no earlier version could be used)."""
 
 
+class StoreUnavailableError(RagbotError):
+    """The engine that holds an index's data (Milvus) failed or could not be reached."""
+
+
 class IndexLockedError(RagbotError):
     """Another writer held the index lock for longer than ``lock_timeout_s``."""
 

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragbot.errors import IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError
+from ragbot.errors import IndexCorruptError, IndexLockedError, IndexMismatchError, IndexNotFoundError, RagbotError
 from ragbot.segments import (BM25_B, BM25_K1, AnnParams, DiskSegment, MemorySegment, Segment, import_faiss,
                              index_vectors, merge_postings, write_segment)
 from ragbot.settings import embedder_identity
@@ -351,9 +351,9 @@ class IndexStore:
             self.segments.append(self._write([self.pending], path))
             self.pending.clear()
             self._changed()
-        small = [s for s in self.segments if not s.approximate]
-        if len(small) > MAX_SMALL_SEGMENTS:
-            self._merge(small, path)
+        if sum(not s.approximate for s in self.segments) > MAX_SMALL_SEGMENTS:
+            for run in _small_runs(self.segments):  # neighbours in vector-id order only: a merged segment
+                self._merge(run, path)  # must not span a large one, or their id ranges would overlap
         self.manifest = _replace(self.manifest, segments=tuple(s.name for s in self.segments), ann=asdict(self.ann))
         name = f"v-{time.time_ns()}"
         tmp = path / f".tmp-{name}"
@@ -362,6 +362,7 @@ class IndexStore:
             (tmp / "manifest.json").write_text(self.manifest.to_json(), encoding="utf-8")
             # what the version needs besides the manifest, readable without parsing it (segment GC reads it)
             (tmp / "uses.json").write_text(json.dumps({"segments": list(self.manifest.segments),
+                                                       "next_fid": self.manifest.next_fid,
                                                        "backend": {k: v for k, v in self.manifest.backend.items()
                                                                    if k != "gate"}}), encoding="utf-8")
             np.save(tmp / "tombstones.npy", np.array(sorted(self.dead), dtype=np.int64))
@@ -374,7 +375,11 @@ class IndexStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.version = name
-        self.prune_versions(path, keep=keep, grace_s=grace_s)
+        try:  # published: cleaning up may fail (a folder in use, a store unreachable) without undoing that
+            self.prune_versions(path, keep=keep, grace_s=grace_s)
+        except (OSError, ValueError, RagbotError) as e:
+            log.warning("index at %s: published %s, but removing old versions failed (%s: %s); the next save "
+                        "tries again", path, name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return path / name
 
     def compact(self, path: Path) -> CompactReport:
@@ -1036,6 +1041,17 @@ def _backend(backend: dict[str, Any]) -> Any:
         raise IndexCorruptError(f"the index names an unknown store {kind!r}; this ragbot knows: local, "
                                 f"{', '.join(BACKENDS)}")
     return importlib.import_module(BACKENDS[kind])
+
+
+def _small_runs(segments: Sequence[DiskSegment]) -> list[list[DiskSegment]]:
+    """Runs of two or more consecutive exact (small) segments, in vector-id order."""
+    runs: list[list[DiskSegment]] = [[]]
+    for s in segments:
+        if s.approximate:
+            runs.append([])
+        else:
+            runs[-1].append(s)
+    return [r for r in runs if len(r) > 1]
 
 
 def _same_dir(a: Path, b: Path) -> bool:

@@ -291,7 +291,7 @@ def perform(settings: Settings, embedder_for: EmbedderFor, request: Request, pro
             dropped = sum(r.removed_rows_dropped for _, r in done)
             main = done[0][1]
             return Outcome("success", f"索引已压缩：{dropped} 个已删除的分块从磁盘移除，分段 {main.segments_before} → "
-                                      f"{main.segments_after}（{sum(r.seconds for _, r in done):.1f} 秒），回答不变。")
+                                      f"{main.segments_after}（{sum(r.seconds for _, r in done):.1f} 秒）。")
         if request.action == "reingest":
             report = kb.reingest_all(force=request.force)
         else:
@@ -511,7 +511,7 @@ def render(settings: Settings, embedder_for: EmbedderFor, corpus: Path | None, v
                 view.start(Request("reingest"))
         with col_compact:
             if st.button("压缩索引", key="kb_compact", icon="🗜️", width="stretch", disabled=busy,
-                         help="删除的分块先记为墓碑，压缩后才从磁盘移除并合并分段；检索结果不变"):
+                         help="删除的分块先记为墓碑，压缩后才从磁盘移除，所有分段合并为一个（超过 ann_min_chunks 的分段使用近似向量索引）"):
                 view.start(Request("compact"))
     if own:
         view.follow()

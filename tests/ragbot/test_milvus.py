@@ -15,7 +15,7 @@ from ragbot.kb import KnowledgeBase  # noqa: E402
 from ragbot.milvus import MilvusStore, client  # noqa: E402
 from ragbot.pipeline import RagPipeline  # noqa: E402
 from ragbot.settings import Settings  # noqa: E402
-from ragbot.store import IndexStore, bm25_tokens  # noqa: E402
+from ragbot.store import IndexSpec, IndexStore, bm25_tokens  # noqa: E402
 from ragbot.testing import FakeChatModel, FakeEmbedder  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -83,7 +83,10 @@ def test_ingest_ask_change_delete_rollback_and_compact(milvus):
     assert c.query(store.collection, filter="fid >= 0", output_fields=["count(*)"])[0]["count(*)"] == 1
 
 
-def test_rows_a_crashed_writer_inserted_are_never_seen_and_are_removed_by_the_next_save(milvus, monkeypatch):
+def test_rows_a_crashed_writer_inserted_are_never_seen_and_never_reused(milvus, monkeypatch):
+    """Killed after its version folder was written but before the pointer swap: that folder names the rows
+    (it could be rolled back to), so the next writer numbers its rows above them and hides them; compaction
+    deletes them from Milvus."""
     import ragbot.store as S
 
     settings, docs = milvus
@@ -99,7 +102,30 @@ def test_rows_a_crashed_writer_inserted_are_never_seen_and_are_removed_by_the_ne
     ingest(settings, [docs])
     store = IndexStore.load(settings.index_path)
     assert sorted(c.source for c in store.chunks.values()) == ["adam.md", "lora.md", "new.md"]
-    assert client(store.uri).query(store.collection, filter="fid >= 0", output_fields=["count(*)"])[0]["count(*)"] == 3
+    assert len(store) == 3 == store.vector_count() and store.hidden
+
+    def rows():
+        return client(store.uri).query(store.collection, filter="fid >= 0", output_fields=["count(*)"])[0]["count(*)"]
+
+    assert rows() == 4, "the crashed writer's row is hidden, not reused"
+    store.compact(settings.index_path)
+    assert rows() == 3 and len(IndexStore.load(settings.index_path)) == 3
+
+
+def test_a_save_after_a_rollback_never_reuses_the_ids_of_the_version_rolled_back_from(milvus):
+    settings, docs = milvus
+    ingest(settings, [docs])
+    v1 = IndexStore.current_version(settings.index_path)
+    (docs / "b.md").write_text("# B\n\n批归一化对每个小批量做标准化。\n", encoding="utf-8")
+    ingest(settings, [docs])
+    v2 = IndexStore.current_version(settings.index_path)
+    IndexStore.rollback(settings.index_path, to=v1)
+    (docs / "c.md").write_text("# C\n\n残差连接让梯度直接流过。\n", encoding="utf-8")
+    (docs / "b.md").unlink()
+    ingest(settings, [docs])  # from v1: adds c.md
+    IndexStore.rollback(settings.index_path, to=v2)  # what the CLI prints to undo a rollback
+    sources = sorted(c.source for c in IndexStore.load(settings.index_path).chunks.values())
+    assert sources == ["adam.md", "b.md", "lora.md"], "v2 sees its own rows, not c.md's"
 
 
 def test_a_rebuild_writes_a_new_collection_and_drops_the_old_once_no_version_names_it(milvus):
@@ -144,3 +170,52 @@ def test_export_copies_a_local_index_into_milvus_without_embedding_again(milvus,
     assert [(c.id, round(s, 4)) for c, s in target.search_dense(q, 3)[0]] == \
         [(c.id, round(s, 4)) for c, s in source.search_dense(q, 3)[0]]
     assert target.gate_text().split() and "lora" in target.gate_text()
+
+
+def test_indexes_sharing_one_milvus_drop_only_their_own_collections(milvus, tmp_path):
+    """Two index folders (say two containers, or a folder moved and a new one made at its path) on one Milvus:
+    rebuilding one never touches the other's collection."""
+    settings, docs = milvus
+    other = settings.replace(index_dir=tmp_path / "other")
+    ingest(settings, [docs])
+    ingest(other, [docs])
+    theirs = IndexStore.load(other.index_path).collection
+    ingest(settings.replace(keep_versions=0), [docs], rebuild=True)
+    assert theirs in client(IndexStore.load(other.index_path).uri).list_collections()
+    store = IndexStore.load(other.index_path)
+    assert len(store.search_dense(FakeEmbedder().embed_query("Adam")[None], 2)[0]) == 2
+
+
+def test_undecodable_file_names_and_an_interrupted_export(milvus, tmp_path, monkeypatch):
+    from ragbot import milvus as M
+    from ragbot.store import FileRecord
+    from ragbot.types import Chunk
+
+    settings, _ = milvus
+    odd = str(tmp_path) + "/\udcb2\udce2.md"  # how Python spells a GBK-named file on a UTF-8 system
+    local = IndexStore.empty(IndexSpec("fake-embedder", 64, {}))
+    chunks = [Chunk(f"k{i}", odd, f"文本 {i}", "\\xb2\\xe2.md") for i in range(3)]
+    local.add(chunks, FakeEmbedder().embed_documents([c.text for c in chunks]), [[c.text] for c in chunks])
+    local.set_file(FileRecord(odd, "\\xb2\\xe2.md", "h", 1, tuple(c.id for c in chunks), 0.0))
+    local.save(tmp_path / "local")
+    out = tmp_path / "exported"
+    real = M.MilvusStore._insert_pending
+    calls = {"n": 0}
+
+    def dies_after_one(self, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, path)
+
+    monkeypatch.setattr(M.MilvusStore, "_insert_pending", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        M.export(IndexStore.load(tmp_path / "local"), settings.store, out, batch=2)
+    monkeypatch.undo()
+    assert not IndexStore.exists(out), "nothing half-exported is published"
+    target = M.export(IndexStore.load(tmp_path / "local"), settings.store, out, batch=2)
+    loaded = IndexStore.load(out)
+    assert odd in loaded.manifest.files and sorted(loaded.chunks) == ["k0", "k1", "k2"]
+    assert loaded.chunks["k1"].doc_id == odd
+    assert [c for c in client(target.uri).list_collections() if c in M._owned(out).get(target.uri, [])] == \
+        [target.collection], "the interrupted export's collection was dropped"

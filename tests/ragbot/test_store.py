@@ -563,3 +563,25 @@ def test_terms_of_reads_from_the_postings_what_ingest_indexed(tmp_path):
     assert set(held) == {"c0", "c2"}
     for cid in held:
         assert held[cid] == set(bm25_tokens(store.chunks[cid].text)) & set(terms)
+
+
+def test_automatic_merges_never_span_a_large_segment(tmp_path):
+    """Small segments on both sides of a large (IVF) one: only neighbours merge, so segments never share ids and
+    every published version loads (a merge across the large one once made the newest version unreadable)."""
+    from ragbot.segments import AnnParams
+
+    emb = FakeEmbedder()
+    store = IndexStore.empty(IndexSpec(emb.name, emb.dim, {}), ann=AnnParams(ann_min=200))
+    total = 0
+    for doc, size in [("a", 5), ("big", 300), *((f"s{j}", 5) for j in range(9))]:
+        chunks = [Chunk(f"{doc}-{i}", doc, f"文本 {doc} 第{i}号 word{i}", doc) for i in range(size)]
+        store.add(chunks, emb.embed_documents([c.text for c in chunks]), [bm25_tokens(c.text) for c in chunks])
+        store.set_file(FileRecord(doc, doc, doc, 1, tuple(c.id for c in chunks), 0.0))
+        store.save(tmp_path, grace_s=3600)
+        total += size
+        loaded = IndexStore.load(tmp_path)
+        assert loaded.version == store.version and len(loaded) == total
+    assert [s.approximate for s in store.segments].count(True) == 1 and len(store.segments) <= 1 + 1 + 2
+    store.compact(tmp_path)
+    store.save(tmp_path)
+    assert len(IndexStore.load(tmp_path)) == total
