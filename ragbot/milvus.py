@@ -74,8 +74,12 @@ def client(uri: str) -> Any:
         try:
             _CLIENTS[uri] = MilvusClient(uri)
         except Exception as e:  # the engine's own errors: unreachable server, a Lite file another process holds
+            hint = ("Milvus Lite serves one process at a time: close the other one (the web app or another "
+                    "ragbot command), or use a Milvus server (store = \"milvus://HOST:PORT\")"
+                    if not uri.startswith("http") else
+                    "start the server (docker compose --profile milvus up) or check the store setting")
             raise ConfigError(f"cannot open Milvus at {uri} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "start the server (docker compose --profile milvus up) or check the store setting") from None
+                              f"{hint}") from None
     return _CLIENTS[uri]
 
 

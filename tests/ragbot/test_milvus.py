@@ -219,3 +219,22 @@ def test_undecodable_file_names_and_an_interrupted_export(milvus, tmp_path, monk
     assert loaded.chunks["k1"].doc_id == odd
     assert [c for c in client(target.uri).list_collections() if c in M._owned(out).get(target.uri, [])] == \
         [target.collection], "the interrupted export's collection was dropped"
+
+
+def test_a_lite_file_another_process_holds_is_one_line_that_says_what_to_do(milvus, tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pymilvus import MilvusClient\n"
+        f"c = MilvusClient({str(db)!r}); print('open', flush=True); time.sleep(60)\n")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(ConfigError, match="one process at a time") as e:
+            client(str(db))
+        assert "\n" not in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
