@@ -327,20 +327,12 @@ class MilvusStore(IndexStore):
                                         output_fields=["fid"])
             for row, hits in enumerate(res):
                 found[row].extend((float(h["distance"]), int(h["entity"]["fid"])) for h in hits)
-        if len(self.pending):
-            for row, hits in enumerate(IndexStore.search_dense(self._pending_only(), q, k)):
-                found[row].extend((s, self.pending.fid_of([c.id])[c.id]) for c, s in hits)
-        out = []
-        for hits in found:
-            top = sorted(hits, key=lambda h: (-h[0], h[1]))[:k]
-            chunks = self._fetch([f for _, f in top])
-            out.append([(chunks[f], s) for s, f in top if f in chunks])
-        return out
-
-    def _pending_only(self) -> IndexStore:
-        view = IndexStore(self.manifest)
-        view.pending = self.pending
-        return view
+        if len(self.pending):  # a writer's unsaved chunks, searched as the local store searches a segment
+            scores, fids = self._search_segment(self.pending, q, min(k, len(self.pending)),
+                                                self._alive_mask(self.pending))
+            for row, (rs, rf) in enumerate(zip(scores, fids)):
+                found[row].extend((float(sc), int(f)) for sc, f in zip(rs, rf) if f >= 0)
+        return [self._ranked(hits, k) for hits in found]
 
     @_engine_errors
     def search_bm25(self, query_tokens: list[str], k: int) -> list[tuple[Chunk, float]]:

@@ -115,10 +115,6 @@ class Segment:
     def __len__(self) -> int:
         return len(self.fids)
 
-    def rows_of(self, fids: np.ndarray) -> np.ndarray:
-        """Rows of ``fids`` (which must be in this segment)."""
-        return np.searchsorted(self.fids, fids)
-
     def holds(self, fids: np.ndarray) -> np.ndarray:
         """Which of ``fids`` are in this segment (alive or not)."""
         if not len(self.fids):
@@ -337,8 +333,6 @@ class DiskSegment(Segment):
     def dense_index(self) -> Any:
         return self._dense
 
-    def close(self) -> None:
-        self._db.close()
 
 
 def _key(text: str) -> bytes:
@@ -473,8 +467,6 @@ def write_segment(folder: Path, dim: int, rows: Iterable[tuple[int, Chunk]], vec
     finally:
         db.close()
     fid_arr = np.asarray(fids, dtype=np.int64)
-    if len(fid_arr) > 1 and not np.all(np.diff(fid_arr) > 0):
-        raise ValueError("segment rows must be in ascending fid order")
     arrays = {**arrays, "fids": fid_arr}
     for a in _ARRAYS:
         np.save(folder / f"{a}.npy", arrays[a])

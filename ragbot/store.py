@@ -202,6 +202,7 @@ class IndexStore:
         self.chunks = ChunkView(self)
         self._alive: dict[int, np.ndarray] = {}
         self._gpu: dict[int, Any] = {}
+        self._selectors: dict[int, tuple[Any, ...]] = {}
         self.version = ""  # the version folder this store was loaded from or last saved as
 
     # ---- creation and persistence -------------------------------------------------------
@@ -414,14 +415,11 @@ class IndexStore:
         """One new segment folder under ``path/segments`` holding the live rows of ``segments``."""
         masks = [self._alive_mask(s) for s in segments]
         fids = np.concatenate([s.fids[m] for s, m in zip(segments, masks)]) if segments else np.zeros(0, np.int64)
-        order = np.argsort(fids, kind="stable")
-        if len(fids) > 1 and not np.all(np.diff(fids[order]) > 0):
-            raise IndexCorruptError("two segments hold the same vector id; rebuild the index")
+        if len(fids) > 1 and not np.all(np.diff(fids) > 0):  # segments are kept in fid order and never overlap
+            raise IndexCorruptError("segments share vector ids or are out of vector-id order; rebuild the index")
         vectors = np.concatenate([s.vectors()[1][m] for s, m in zip(segments, masks)]) if segments else None
         vocab, arrays = merge_postings([(s.vocabulary(), *s.postings_arrays(), m) for s, m in zip(segments, masks)])
         doclen = np.concatenate([np.asarray(s.doclen)[m] for s, m in zip(segments, masks)])
-        if not np.all(order == np.arange(len(order))):  # segments are kept in fid order, so this does not happen
-            raise IndexCorruptError("segments out of vector-id order; rebuild the index")
 
         def rows() -> Iterator[tuple[int, Chunk]]:
             for s in segments:
@@ -647,7 +645,7 @@ class IndexStore:
         return removed
 
     def _changed(self) -> None:
-        self._alive, self._gpu = {}, {}
+        self._alive, self._gpu, self._selectors = {}, {}, {}
 
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -721,28 +719,36 @@ class IndexStore:
             scores, fids = self._search_segment(s, q, min(k, n_alive), alive)
             for row, (rs, rf) in enumerate(zip(scores, fids)):
                 found[row].extend((float(sc), int(f)) for sc, f in zip(rs, rf) if f >= 0)
-        out = []
-        for hits in found:
-            top = sorted(hits, key=lambda h: (-h[0], h[1]))[:k]
-            chunks = self._fetch([f for _, f in top])
-            out.append([(chunks[f], sc) for sc, f in top if f in chunks])
-        return out
+        return [self._ranked(hits, k) for hits in found]
+
+    def _ranked(self, hits: Sequence[tuple[float, int]], k: int) -> list[tuple[Chunk, float]]:
+        """The best ``k`` of ``(score, fid)`` hits from several segments (ties: older first), as chunks."""
+        top = sorted(hits, key=lambda h: (-h[0], h[1]))[:k]
+        chunks = self._fetch([f for _, f in top])
+        return [(chunks[f], sc) for sc, f in top if f in chunks]
 
     def _search_segment(self, s: Segment, q: np.ndarray, k: int, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         faiss = import_faiss()
         index = s.dense_index()
         if not alive.all():  # leave the removed rows out inside FAISS, so k live rows come back
-            dead = np.ascontiguousarray(s.fids[~alive], dtype=np.int64)
             params = faiss.SearchParametersIVF(nprobe=self.nprobe) if s.approximate else faiss.SearchParameters()
-            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
-            params.sel = faiss.IDSelectorNot(batch)
-            scores, fids = index.search(q, k, params=params)
-            del batch, dead  # the selectors read them while searching: kept alive until here
-            return scores, fids
+            params.sel = self._removed_selector(s, alive)
+            return index.search(q, k, params=params)
         if s.approximate:
             return index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.nprobe))
         gpu = self._gpu_index(s, index)
         return gpu.search(q, k)
+
+    def _removed_selector(self, s: Segment, alive: np.ndarray) -> Any:
+        """A FAISS selector of the live rows of ``s``, built once per change, not per question (a batch of
+        100k removed ids costs milliseconds to hash). The id array and the inner selector are kept with it:
+        the selectors read them while searching."""
+        if id(s) not in self._selectors:
+            faiss = import_faiss()
+            dead = np.ascontiguousarray(s.fids[~alive], dtype=np.int64)
+            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+            self._selectors[id(s)] = (dead, batch, faiss.IDSelectorNot(batch))
+        return self._selectors[id(s)][2]
 
     def _gpu_index(self, s: Segment, index: Any) -> Any:
         """The exact index of ``s`` on the GPU once when faiss sees one (the ``[gpu]`` extra), else as is."""
@@ -774,7 +780,7 @@ class IndexStore:
         out: dict[str, set[str]] = {c: set() for c in fids}
         want = np.fromiter(by_fid, dtype=np.int64, count=len(by_fid))
         for s in self._all():
-            mine = want[s.holds(want)] if len(s) else want[:0]
+            mine = want[s.holds(want)]
             if not len(mine):
                 continue
             for term, col in s.columns(terms).items():
@@ -823,11 +829,9 @@ class IndexStore:
             kk = min(k, n_pos)
             if not kk:
                 continue
-            top = np.argpartition(-scores, kk - 1)[:kk]
+            top = np.argpartition(-scores, kk - 1)[:kk]  # kk <= the positive scores: every one is > 0
             found.extend((float(scores[r]), int(s.fids[r])) for r in top)
-        top = sorted(found, key=lambda h: (-h[0], h[1]))[:k]
-        chunks = self._fetch([f for _, f in top])
-        return [(chunks[f], sc) for sc, f in top if sc > 0 and f in chunks]
+        return self._ranked(found, k)
 
     def gate_text(self) -> str:
         """The Latin-script runs of every chunk (:func:`ragbot.segments.gate_runs`), for the key-term gate.

@@ -45,15 +45,21 @@ def _fake_embedder(monkeypatch):
     monkeypatch.setattr(SentenceTransformerEmbedder, "from_settings", classmethod(lambda cls, s: FakeEmbedder()))
 
 
-def test_a_mistyped_rebuild_is_refused_in_one_line_and_rollback_restores_a_forced_one(tmp_path, capsys, monkeypatch):
+def _ingested(tmp_path, monkeypatch, names):
+    """A home under ``tmp_path`` whose index holds one small Markdown file per name (fake embedder)."""
     monkeypatch.setenv("RAGBOT_HOME", str(tmp_path))
     monkeypatch.setenv("RAGBOT_VERSION_GRACE_S", "0")
     _fake_embedder(monkeypatch)
     docs = tmp_path / "docs"
     docs.mkdir()
-    for n in ("a", "b"):
+    for n in names:
         (docs / f"{n}.md").write_text(f"# {n}\n\n第 {n} 篇文档的内容。\n", encoding="utf-8")
     assert cli.main(["ingest", str(docs)]) == 0
+    return docs
+
+
+def test_a_mistyped_rebuild_is_refused_in_one_line_and_rollback_restores_a_forced_one(tmp_path, capsys, monkeypatch):
+    docs = _ingested(tmp_path, monkeypatch, ("a", "b"))
     capsys.readouterr()
     assert cli.main(["ingest", str(tmp_path / "dcos"), "--rebuild"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
@@ -187,14 +193,7 @@ def test_the_query_path_does_not_import_ingest(indexed):
 
 
 def test_index_compact_drops_removed_rows_and_says_so(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RAGBOT_HOME", str(tmp_path))
-    monkeypatch.setenv("RAGBOT_VERSION_GRACE_S", "0")
-    _fake_embedder(monkeypatch)
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for n in ("a", "b", "c"):
-        (docs / f"{n}.md").write_text(f"# {n}\n\n第 {n} 篇文档的内容。\n", encoding="utf-8")
-    assert cli.main(["ingest", str(docs)]) == 0
+    docs = _ingested(tmp_path, monkeypatch, ("a", "b", "c"))
     assert cli.main(["index", "remove", str(docs / "a.md")]) == 0
     capsys.readouterr()
     assert cli.main(["index", "versions"]) == 0
