@@ -147,7 +147,7 @@ class Generator:
         first = None
         citable = len(passages) if self.valid_markers else 0
         deltas = self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                        citable=citable)
+                                        citable=citable, question=question if self.style == "grounded" else "")
         try:
             while True:
                 try:

@@ -100,6 +100,7 @@ class FakeChatModel:
         self.piece_chars = piece_chars
         self.messages: list[list[Message]] = []
         self.citable: list[int] = []
+        self.questions: list[str] = []  # the ``question`` each call was given (the echo constraint's)
 
     def _text(self, messages: list[Message], citable: int) -> str:
         self.messages.append(messages)
@@ -109,11 +110,13 @@ class FakeChatModel:
         return self.reply(messages) if callable(self.reply) else self.reply
 
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 citable: int = 0) -> str:
+                 citable: int = 0, question: str = "") -> str:
+        self.questions.append(question)
         return self._text(messages, citable)
 
     def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               citable: int = 0) -> Iterator[str]:
+               citable: int = 0, question: str = "") -> Iterator[str]:
+        self.questions.append(question)
         text = self._text(messages, citable)
         for i in range(0, len(text), self.piece_chars):
             yield text[i:i + self.piece_chars]

@@ -4,7 +4,8 @@ A backend takes chat messages and returns text, whole or streamed; a stream may 
 stopped (``"length"``: cut at ``max_new_tokens``), which the answer records. ``citable`` > 0 asks it to let a
 citation marker name only passages 1..citable where it can constrain decoding (the transformers
 backend does, with a logits processor); the :class:`~ragbot.generation.Generator` cleans markers
-afterwards in any case, so a backend that cannot constrain stays correct.
+afterwards in any case, so a backend that cannot constrain stays correct. ``question`` likewise asks that the
+reply not just say the question back (:class:`~ragbot.llm.constraints.EchoRule`); a server cannot be asked.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from ragbot.types import Message
 class ChatModel(Protocol):
     """A chat LLM: messages in, text out (whole or streamed)."""
 
-    def generate(self, messages: list[Message], *, max_new_tokens: int, temperature: float, citable: int = 0) -> str: ...
+    def generate(self, messages: list[Message], *, max_new_tokens: int, temperature: float, citable: int = 0,
+                 question: str = "") -> str: ...
 
     def stream(self, messages: list[Message], *, max_new_tokens: int, temperature: float,
-               citable: int = 0) -> Iterator[str]: ...
+               citable: int = 0, question: str = "") -> Iterator[str]: ...
 
 
 _MARKER_RUN = re.compile(r"(?:\s*[\[【［]\s*\d{1,3}\s*[\]】］]){4,}\s*$")

@@ -5,7 +5,8 @@ A small model goes wrong in a few ways that one look at the last generated token
 * :meth:`MarkerRules.allowed`: a citation marker names a given passage (after ``[`` only the digits
   1..k, after the digit only a closing bracket);
 * :meth:`MarkerRules.banned_after`: no "（heading）" copied after a marker;
-* :attr:`MarkerVocab.lead`: an answer never starts with a marker.
+* :attr:`MarkerVocab.lead`: an answer never starts with a marker;
+* :class:`EchoRule`: an answer never just says the question back.
 
 The rules work on token ids and a ``decode`` function; each backend turns them into its own logits
 processor (a torch one in :mod:`ragbot.llm.hf`, a numpy one in :mod:`ragbot.llm.llamacpp`).
@@ -13,6 +14,7 @@ processor (a torch one in :mod:`ragbot.llm.hf`, a numpy one in :mod:`ragbot.llm.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ class MarkerVocab:
     digits: tuple[int, ...]  # the tokens "1".."9" (index 0 is "1"), or empty when the tokenizer merges digits
     closes_first: frozenset[int]  # start with a closing bracket: "]", "]。", "]["
     word_end: frozenset[int]  # end with an ASCII letter, digit or "_": a bracket after them is code or maths
+    asks: frozenset[int] = frozenset()  # hold a question mark ("？", "?")
 
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> MarkerVocab:
@@ -53,7 +56,8 @@ class MarkerVocab:
             paren=ids(lambda t: t.lstrip().startswith(("（", "("))),
             opens=ids(just_open), chained=ids(lambda t: just_open(t) and t.strip(" ")[0] in close),
             digits=digits, closes_first=ids(lambda t: t[0] in close),
-            word_end=ids(lambda t: t[-1].isascii() and (t[-1].isalnum() or t[-1] == "_")))
+            word_end=ids(lambda t: t[-1].isascii() and (t[-1].isalnum() or t[-1] == "_")),
+            asks=ids(lambda t: "？" in t or "?" in t))
 
 
 class MarkerRules:
@@ -93,3 +97,40 @@ class MarkerRules:
     def banned_after(self, last: int) -> frozenset[int]:
         """Ids that may not follow ``last``: a parenthesis right after a closing bracket."""
         return self.vocab.paren if last in self.vocab.closing else frozenset()
+
+
+_SENTENCE_END = re.compile(r"[。！？!?\n]")
+_NOT_TEXT = re.compile(r"\[\d{1,3}\]|\s")  # markers and spaces: an echo with them is still an echo
+
+
+def _bare(text: str) -> str:
+    return _NOT_TEXT.sub("", text)
+
+
+class EchoRule:
+    """No answer that only says the question back.
+
+    Asked "LoRA 为什么能减少显存占用？", the 0.5B base model sometimes replied with exactly that question
+    and a marker, and nothing else. While the sentence being written is a copy of part of the question
+    (markers and spaces aside, 4+ characters), it may not end in a question mark; while the whole answer is
+    such a copy, it may not end at all (``stops``). Any answer that goes on to say something is untouched.
+    ``decode`` turns generated ids into text; only the last :attr:`WINDOW` ids are looked at.
+    """
+
+    WINDOW = 64  # tokens: a sentence longer than this is no copy of a question
+
+    def __init__(self, question: str, vocab: MarkerVocab, stops: frozenset[int],
+                 decode: Callable[[list[int]], str]) -> None:
+        self.question = _bare(question)
+        self.asks, self.stops, self.decode = vocab.asks, stops, decode
+
+    def banned(self, generated: Sequence[int]) -> frozenset[int]:
+        """Ids that may not come next."""
+        if len(self.question) < 4 or not generated:
+            return frozenset()
+        tail = self.decode(list(generated[-self.WINDOW:]))
+        sentence = _bare(_SENTENCE_END.split(tail)[-1])
+        if len(sentence) < 4 or sentence not in self.question:
+            return frozenset()
+        whole = len(generated) <= self.WINDOW and _bare(tail) == sentence
+        return self.asks | self.stops if whole else self.asks

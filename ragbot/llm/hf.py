@@ -20,7 +20,7 @@ from collections.abc import Generator, Sequence
 
 from ragbot.errors import ConfigError
 from ragbot.llm.base import control_pattern, degenerate, neutralize_controls
-from ragbot.llm.constraints import MarkerRules, MarkerVocab
+from ragbot.llm.constraints import EchoRule, MarkerRules, MarkerVocab
 from ragbot.settings import Settings
 from ragbot.types import Message
 
@@ -50,6 +50,22 @@ def valid_markers(vocab: MarkerVocab, citable: int, prompt_len: int, decode):
             return scores
 
     return ValidMarkers()
+
+
+def no_echo(rule: EchoRule, prompt_len: int):
+    """A logits processor for :meth:`EchoRule.banned <ragbot.llm.constraints.EchoRule.banned>`: the answer
+    does not just say the question back."""
+    from transformers import LogitsProcessor
+
+    class NoEcho(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            for b, row in enumerate(input_ids[:, prompt_len:].tolist()):
+                banned = rule.banned(row)
+                if banned:
+                    scores[b, [i for i in banned if i < scores.shape[-1]]] = float("-inf")
+            return scores
+
+    return NoEcho()
 
 
 def no_paren_after_marker(closing: Sequence[int], paren: Sequence[int]):
@@ -176,7 +192,8 @@ class HFChatModel:
 
         return StoppingCriteriaList([StopOnDegeneration()])
 
-    def _gen_kwargs(self, max_new_tokens: int, temperature: float, citable: int = 0, prompt_len: int = 0) -> dict:
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, citable: int = 0, prompt_len: int = 0,
+                    question: str = "") -> dict:
         kw = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
               # An answer never starts with a citation: the base model otherwise often copied a passage's
               # "[1]（heading）" line, or the prompt's "[1] 或 [2][3]", as its whole answer.
@@ -185,6 +202,9 @@ class HFChatModel:
         if citable and self.vocab is not None and self.vocab.digits:
             processors.append(valid_markers(self.vocab, citable, prompt_len,
                                             lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)))
+        if question and self.vocab is not None:
+            processors.append(no_echo(EchoRule(question, self.vocab, self._stops(), lambda ids: self.tokenizer.decode(
+                ids, skip_special_tokens=True)), prompt_len))
         if processors:
             from transformers import LogitsProcessorList
 
@@ -195,14 +215,22 @@ class HFChatModel:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
+    def _stops(self) -> frozenset[int]:
+        """The ids that end a generation."""
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        return frozenset(ids + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []))
+
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 citable: int = 0) -> str:
-        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
+                 citable: int = 0, question: str = "") -> str:
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable,
+                                   question=question))
 
     def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               citable: int = 0) -> Generator[str, None, str]:
+               citable: int = 0, question: str = "") -> Generator[str, None, str]:
         """Yield the reply as it is decoded, then return why it stopped ("length" at ``max_new_tokens``, else
-        "stop"). ``citable`` > 0: markers may only name passages 1..citable."""
+        "stop"). ``citable`` > 0: markers may only name passages 1..citable; ``question``: the reply may not
+        just say it back (:class:`~ragbot.llm.constraints.EchoRule`)."""
         import torch
         from transformers import TextIteratorStreamer
 
@@ -217,7 +245,8 @@ class HFChatModel:
             try:
                 with torch.inference_mode():
                     out = self.model.generate(**inputs, streamer=streamer, stopping_criteria=self._stopping(prompt_len),
-                                              **self._gen_kwargs(max_new_tokens, temperature, citable, prompt_len))
+                                              **self._gen_kwargs(max_new_tokens, temperature, citable, prompt_len,
+                                                                 question))
                 generated.append(int(out.shape[1]) - prompt_len)
             except BaseException as e:  # surface generation errors in the caller's thread
                 errors.append(e)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ragbot.errors import ConfigError, MissingExtraError, ModelBundleError
 from ragbot.llm.base import control_pattern, degenerate, neutralize_controls
-from ragbot.llm.constraints import MarkerRules, MarkerVocab
+from ragbot.llm.constraints import EchoRule, MarkerRules, MarkerVocab
 from ragbot.settings import Settings
 from ragbot.types import Message
 
@@ -258,6 +258,7 @@ class LlamaCppChatModel:
         self.llm = None
         self.path: Path | None = None
         self.vocab: MarkerVocab | None = None
+        self._stops: frozenset[int] = frozenset()  # end-of-generation ids
         self._controls = None
         self._lock = threading.Lock()
 
@@ -283,7 +284,7 @@ class LlamaCppChatModel:
             fix = (f"delete {self.path} and its .json stamp to make it again" if self.spec == "bundle"
                    else "is it a GGUF model (and an adapter trained on it)?")
             raise ConfigError(f"llama.cpp could not load {what} ({e}): {fix}") from None
-        texts, controls = _vocab_texts(llama_cpp, llm)
+        texts, controls, self._stops = _vocab_texts(llama_cpp, llm)
         self.vocab = MarkerVocab.from_texts(texts)
         self._controls = control_pattern(controls)
         self.llm = llm
@@ -292,16 +293,18 @@ class LlamaCppChatModel:
         return self.llm.detokenize(ids).decode("utf-8", "replace")
 
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 citable: int = 0) -> str:
-        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
+                 citable: int = 0, question: str = "") -> str:
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable,
+                                   question=question))
 
     def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               citable: int = 0) -> Generator[str, None, str]:
+               citable: int = 0, question: str = "") -> Generator[str, None, str]:
         """Yield the reply as it is decoded, then return why it stopped ("stop", "length", "loop")."""
         from llama_cpp import LogitsProcessorList
 
         self.warm_up()
-        processor = _Constraints(self.vocab, MarkerRules(self.vocab, citable, self._decode))
+        echo = EchoRule(question, self.vocab, self._stops, self._decode) if question else None
+        processor = _Constraints(self.vocab, MarkerRules(self.vocab, citable, self._decode), echo)
         sampling = ({"temperature": temperature, "top_p": 0.9} if temperature > 0
                     else {"temperature": 0.0, "top_k": 1})
         with self._lock:  # no reset(): llama.cpp reuses the KV cache of the prompt prefix shared with the last one
@@ -333,8 +336,8 @@ class _Constraints:
     llama.cpp passes the prompt and the tokens generated so far; the first call marks where the prompt ends.
     """
 
-    def __init__(self, vocab: MarkerVocab, rules: MarkerRules) -> None:
-        self.rules = rules
+    def __init__(self, vocab: MarkerVocab, rules: MarkerRules, echo: EchoRule | None = None) -> None:
+        self.rules, self.echo = rules, echo
         self.lead = np.fromiter(sorted(vocab.lead), dtype=np.int64)
         self.prompt_len: int | None = None
         self.generated: list[int] = []
@@ -352,18 +355,21 @@ class _Constraints:
             keep[allowed] = scores[allowed]
             return keep
         banned = self.rules.banned_after(self.generated[-1])
+        if self.echo is not None:
+            banned = banned | self.echo.banned(self.generated)
         if banned:
             scores[list(banned)] = -np.inf
         return scores
 
 
-def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str]]:
-    """Every token's text (what it adds to the output) and the strings of the control tokens."""
+def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str], frozenset[int]]:
+    """Every token's text (what it adds to the output), the strings of the control tokens, and the ids that
+    end a generation."""
     import ctypes
 
     vocab = llm._model.vocab
     buf = ctypes.create_string_buffer(256)
-    texts, controls = [], set()
+    texts, controls, stops = [], set(), set()
     for i in range(llm.n_vocab()):
         n = llama_cpp.llama_token_to_piece(vocab, i, buf, 256, 0, True)
         piece = buf.raw[:max(n, 0)].decode("utf-8", "replace")
@@ -374,5 +380,7 @@ def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str]]:
             controls.add(piece)
         if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
             piece = ""  # a control token writes nothing into an answer
+        if llama_cpp.llama_vocab_is_eog(vocab, i):
+            stops.add(i)
         texts.append(piece)
-    return texts, controls
+    return texts, controls, frozenset(stops)

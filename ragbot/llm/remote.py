@@ -106,12 +106,13 @@ class OpenAIChatModel:
         return min(max_new_tokens, room)
 
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 citable: int = 0) -> str:
+                 citable: int = 0, question: str = "") -> str:
         return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
 
     def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
-               citable: int = 0) -> Generator[str, None, str]:
+               citable: int = 0, question: str = "") -> Generator[str, None, str]:
         """Yield the reply as the server streams it; return its ``finish_reason`` ("stop", "length", ...).
+        A server decodes by its own rules: ``citable`` and ``question`` are not sent (see :mod:`ragbot.llm.base`).
 
         A failure before the first piece is retried ``retries`` times; after it, the stream raises
         :class:`~ragbot.errors.LLMServerError` (the pieces already yielded are not a whole answer).

@@ -111,3 +111,4 @@ def test_generator_asks_for_valid_markers_only_when_grounded():
     Generator(chat, valid_markers=False).run("问题", passages(1))
     Generator(chat, style="plain").run("问题", passages(1))
     assert chat.citable == [2, 0, 0]
+    assert chat.questions == ["问题", "问题", ""]  # the echo rule: a grounded answer may not just say it back

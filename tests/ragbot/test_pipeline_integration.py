@@ -1,5 +1,7 @@
 """End to end with the real offline models on the bundled sample corpus."""
 
+import re
+
 import pytest
 
 from ragbot.evaluation.metrics import contains_evidence, first_hit_rank
@@ -49,6 +51,24 @@ def test_unanswered_question_is_refused(pipeline, sample_qa):
     item = next(q for q in sample_qa if q["type"] == "unanswerable")
     answer = pipeline.ask(item["question"])
     assert answer.refused and answer.text == REFUSAL and answer.citations == ()
+
+
+ECHOED = "注意力为什么要除以根号 d？"  # the base model replied with exactly this question (llama.cpp IQ4_NL, greedy)
+
+
+@pytest.mark.llm
+@pytest.mark.parametrize("backend", ["transformers", pytest.param("llamacpp", marks=pytest.mark.llamacpp)])
+def test_a_question_is_answered_not_said_back(pipeline, backend, models_dir):
+    if backend == "llamacpp":
+        pytest.importorskip("llama_cpp")
+        from ragbot.llm.llamacpp import LlamaCppChatModel
+
+        pipeline = RagPipeline(pipeline.settings, pipeline.store, pipeline.embedder,
+                               LlamaCppChatModel("bundle", models_dir), pipeline.reranker)
+    answer = pipeline.ask(ECHOED)
+    said = re.sub(r"\[\d\]|\s|[？?。]", "", answer.text)
+    assert not answer.refused and said not in re.sub(r"\s|？", "", ECHOED), answer.raw_text
+    assert any("√d_k" in c.chunk.text for c in answer.citations), answer.text
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,26 @@ def test_no_paren_after_a_closing_bracket():
     assert torch.isfinite(out[1]).all()
 
 
+def test_no_echo_bans_asking_and_ending_while_the_answer_copies_the_question():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ragbot.llm.constraints import EchoRule
+    from ragbot.llm.hf import no_echo
+
+    vocab = ["答", "为什么", "要", "除", "？", "?", "。", "<end>", "因"]
+    ids = {t: i for i, t in enumerate(vocab)}
+    decode = lambda row: "".join(vocab[i] for i in row if i != ids["<end>"])  # noqa: E731
+    from ragbot.llm.constraints import MarkerVocab
+
+    rule = EchoRule("为什么要除？", MarkerVocab.from_texts(vocab), frozenset({ids["<end>"]}), decode)
+    processor = no_echo(rule, prompt_len=1)
+    rows = torch.tensor([[0, ids["为什么"], ids["要"], ids["除"]],  # the question said back
+                         [0, ids["为什么"], ids["要"], ids["因"]]])  # an answer
+    out = processor(rows, torch.zeros(2, len(vocab)))
+    assert {vocab[i] for i in torch.isinf(out[0]).nonzero().flatten().tolist()} == {"？", "?", "<end>"}
+    assert torch.isfinite(out[1]).all()
+
+
 class _ChatMLTokenizer:
     """A tokenizer's added vocabulary and a ChatML template, as text (``tokenize=False``)."""
 

@@ -44,6 +44,24 @@ def test_the_marker_rules_as_a_llamacpp_logits_processor():
     assert p.generated == [IDS["答"]]  # what the loop check reads
 
 
+def test_the_echo_rule_in_the_llamacpp_processor():
+    from ragbot.llm.constraints import EchoRule
+    from ragbot.llm.llamacpp import _Constraints
+
+    vocab = MarkerVocab.from_texts(VOCAB + ["为", "什", "么", "？", "<end>"])
+    texts = VOCAB + ["为", "什", "么", "？", ""]
+    decode = lambda ids: "".join(texts[i] for i in ids)  # noqa: E731
+    ids = {t: i for i, t in enumerate(texts)}
+    stop = len(texts) - 1
+    proc = _Constraints(vocab, MarkerRules(vocab, 3, decode), EchoRule("答为什么？", vocab, frozenset({stop}), decode))
+    proc(np.array([0, 0], dtype=np.intc), np.zeros(len(texts), dtype=np.float32))
+    out = proc(np.array([0, 0] + [ids[c] for c in "答为什么"], dtype=np.intc), np.zeros(len(texts), dtype=np.float32))
+    assert set(np.isinf(out).nonzero()[0].tolist()) == {ids["？"], stop}
+    out = proc(np.array([0, 0] + [ids[c] for c in "答为什么"] + [ids["。"]], dtype=np.intc),
+               np.zeros(len(texts), dtype=np.float32))
+    assert np.isfinite(out).all()
+
+
 def _tiny_base_gguf(path: Path) -> Path:
     import gguf
 
