@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragbot.settings import REFUSAL
-from ragbot.text import bigrams, in_code, sentence_spans, sentences
+from ragbot.text import alnum, bigrams, in_code, sentence_spans, sentences
 from ragbot.types import ScoredChunk
 
 OPEN, CLOSE = "[【［", "]】］"  # brackets a marker may use: ASCII, Chinese lenticular, full-width
@@ -85,6 +85,22 @@ def is_refusal(text: str) -> bool:
 def cites_nothing(text: str) -> bool:
     """Whether a cleaned answer is empty once its markers are removed (a bare "[1]" is no answer)."""
     return not CITED.sub("", text).strip()
+
+
+def says_back(question: str, answer: str, min_share: float = 0.5) -> bool:
+    """Whether ``answer`` only repeats the question: markers aside, its letters and digits occur in a row in the
+    question's and make at least ``min_share`` of them (and 4 or more). A short answer that is one word of the
+    question ("Adam" to "Adam 和 SGD 哪个更常用？") is not a repeat.
+
+    >>> says_back("注意力为什么要除以根号 d？", "**注意力为什么要除以根号 d** 【1】！")
+    True
+    >>> says_back("注意力为什么要除以根号 d？", "注意力为什么要除以根号 d：防止方差过大 [1]。")
+    False
+    >>> says_back("Adam 和 SGD 哪个更常用？", "Adam [1]。")
+    False
+    """
+    said, asked = alnum(MARKER.sub("", answer)), alnum(question)
+    return len(said) >= max(4, min_share * len(asked)) and said in asked
 
 
 # ---------------------------------------------------------------- moving a citation to the passage that holds its claim

@@ -6,7 +6,8 @@ It builds the prompt (:mod:`ragbot.prompt`), streams the model's reply through t
 
 Streaming returns an :class:`AnswerStream`: iterate it for the text as it is generated, then read
 ``.answer``. The streamed text is the final answer's text, except where the final answer differs for a
-reason only the whole reply shows: a refusal (any text becomes exactly the refusal phrase) or an answer
+reason only the whole reply shows: a refusal (any text becomes exactly the refusal phrase; so does a reply
+that only says the question back, which the in-process backends' decoding rules prevent) or an answer
 that cited nothing and got citations by alignment. ``AnswerStream.rewritten`` says so, and a caller
 that showed the stream then shows the final text instead (the web app and ``ragbot ask`` both do).
 """
@@ -17,7 +18,8 @@ import dataclasses
 import time
 from collections.abc import Callable, Generator as Gen, Iterator, Sequence
 
-from ragbot.citations import CitationStreamFilter, align_citations, cites_nothing, clean_citations, is_refusal
+from ragbot.citations import (CitationStreamFilter, align_citations, cites_nothing, clean_citations, is_refusal,
+                              says_back)
 from ragbot.llm.base import ChatModel
 from ragbot.prompt import build_messages
 from ragbot.settings import REFUSAL
@@ -103,12 +105,14 @@ def finalize(question: str, raw: str, passages: Sequence[ScoredChunk], timings: 
 
 
 def _answer(question: str, raw: str, filt: CitationStreamFilter, passages: Sequence[ScoredChunk],
-            timings: dict[str, float], *, align: bool) -> Answer:
-    """The :class:`Answer` for ``raw``, whose cleaned (and re-pointed) text ``filt`` has shown."""
+            timings: dict[str, float], *, align: bool, echo: bool = True) -> Answer:
+    """The :class:`Answer` for ``raw``, whose cleaned (and re-pointed) text ``filt`` has shown. With ``echo``
+    (the grounded prompt), a reply that only says the question back is refused as well."""
     text = filt.text.strip()
-    if is_refusal(raw) or cites_nothing(text):
-        return Answer(question, REFUSAL, True, (), tuple(passages), raw, filt.invalid, refused_by="model",
-                      timings_ms=timings)
+    echo = echo and says_back(question, text)
+    if is_refusal(raw) or cites_nothing(text) or echo:
+        return Answer(question, REFUSAL, True, (), tuple(passages), raw, filt.invalid,
+                      refused_by="echo" if echo else "model", timings_ms=timings)
     aligned = 0
     cited = clean_citations(text, len(passages)).cited
     if align and not cited:
@@ -170,6 +174,7 @@ class Generator:
             yield tail
         end = time.perf_counter()
         timings = {"first_token_ms": ((first or end) - t0) * 1000, "generate_ms": (end - t0) * 1000}
-        answer = _answer(question, "".join(raw), filt, passages, timings, align=self.align)
+        answer = _answer(question, "".join(raw), filt, passages, timings, align=self.align,
+                         echo=self.style == "grounded")
         return dataclasses.replace(answer, finish_reason=finish) if finish else answer
 

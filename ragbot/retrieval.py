@@ -30,8 +30,9 @@ QUESTION_WORDS = frozenset({"为什么", "什么", "怎么", "怎样", "怎么�
 
 
 def query_terms(query: str) -> list[str]:
-    """The BM25 words of a question, less :data:`QUESTION_WORDS`."""
-    return [t for t in bm25_tokens(query) if t not in QUESTION_WORDS]
+    """The BM25 words of a question, less :data:`QUESTION_WORDS` (all of them when nothing else is left)."""
+    words = bm25_tokens(query)
+    return [t for t in words if t not in QUESTION_WORDS] or words
 
 
 class BM25Retriever:

@@ -100,7 +100,7 @@ class Answer:
     invalid_markers: int = 0
     aligned_citations: int = 0  # citations added by lexical alignment because the model gave none
     repointed_citations: int = 0  # citations moved to the passage that supports their sentence
-    refused_by: str = ""  # "model", or "gate: <missing terms>" when refused before generation
+    refused_by: str = ""  # "model", "echo" (it only said the question back), or "gate: <missing terms>" (before generation)
     finish_reason: str = ""  # why generation stopped: "stop", "length" (cut at max_new_tokens), "loop"; "" unknown
     retrieval: Retrieval | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -18,8 +18,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ragbot.citations import CLOSE, OPEN
-from ragbot.text import in_code
+from ragbot.citations import CLOSE, OPEN, says_back
+from ragbot.text import alnum, in_code
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class MarkerVocab:
     digits: tuple[int, ...]  # the tokens "1".."9" (index 0 is "1"), or empty when the tokenizer merges digits
     closes_first: frozenset[int]  # start with a closing bracket: "]", "]。", "]["
     word_end: frozenset[int]  # end with an ASCII letter, digit or "_": a bracket after them is code or maths
-    asks: frozenset[int] = frozenset()  # hold a question mark ("？", "?")
+    asks: frozenset[int] = frozenset()  # end in a question mark ("？", "?", "？\n"; not "?." or "?)" of code)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> MarkerVocab:
@@ -57,7 +57,7 @@ class MarkerVocab:
             opens=ids(just_open), chained=ids(lambda t: just_open(t) and t.strip(" ")[0] in close),
             digits=digits, closes_first=ids(lambda t: t[0] in close),
             word_end=ids(lambda t: t[-1].isascii() and (t[-1].isalnum() or t[-1] == "_")),
-            asks=ids(lambda t: "？" in t or "?" in t))
+            asks=ids(lambda t: t.rstrip().endswith(("？", "?"))))
 
 
 class MarkerRules:
@@ -99,38 +99,35 @@ class MarkerRules:
         return self.vocab.paren if last in self.vocab.closing else frozenset()
 
 
-_SENTENCE_END = re.compile(r"[。！？!?\n]")
-_NOT_TEXT = re.compile(r"\[\d{1,3}\]|\s")  # markers and spaces: an echo with them is still an echo
-
-
-def _bare(text: str) -> str:
-    return _NOT_TEXT.sub("", text)
+_SENTENCE_END = re.compile(r"[。！？；!?\n]")
 
 
 class EchoRule:
     """No answer that only says the question back.
 
-    Asked "LoRA 为什么能减少显存占用？", the 0.5B base model sometimes replied with exactly that question
-    and a marker, and nothing else. While the sentence being written is a copy of part of the question
-    (markers and spaces aside, 4+ characters), it may not end in a question mark; while the whole answer is
-    such a copy, it may not end at all (``stops``). Any answer that goes on to say something is untouched.
-    ``decode`` turns generated ids into text; only the last :attr:`WINDOW` ids are looked at.
+    Asked "注意力为什么要除以根号 d？", the 0.5B base model (llama.cpp, greedy) replied with exactly that
+    question. While the sentence being written is a copy of part of the question (markers, spaces and
+    punctuation aside, 4+ characters: :func:`~ragbot.citations.says_back` with no minimum share), it may not
+    end in a question mark; while the whole answer is a copy of most of the question (``says_back``), it may
+    not end (``stops``: the end-of-generation ids and any other control token, which would end it unseen).
+    Inside code nothing is banned. ``decode`` turns generated ids into text; only the last ``window`` ids
+    are decoded, enough for a copy of the whole question. :class:`~ragbot.generation.Generator` refuses what
+    still says the question back (a server's answer, which no rule of ours constrains).
     """
-
-    WINDOW = 64  # tokens: a sentence longer than this is no copy of a question
 
     def __init__(self, question: str, vocab: MarkerVocab, stops: frozenset[int],
                  decode: Callable[[list[int]], str]) -> None:
-        self.question = _bare(question)
+        self.question = question
         self.asks, self.stops, self.decode = vocab.asks, stops, decode
+        self.window = 2 * len(question) + 16  # tokens: a copy of the question never takes more
 
     def banned(self, generated: Sequence[int]) -> frozenset[int]:
         """Ids that may not come next."""
-        if len(self.question) < 4 or not generated:
+        if not generated or len(alnum(self.question)) < 4:
             return frozenset()
-        tail = self.decode(list(generated[-self.WINDOW:]))
-        sentence = _bare(_SENTENCE_END.split(tail)[-1])
-        if len(sentence) < 4 or sentence not in self.question:
+        text = self.decode(list(generated[-self.window:]))
+        if in_code(text):
             return frozenset()
-        whole = len(generated) <= self.WINDOW and _bare(tail) == sentence
-        return self.asks | self.stops if whole else self.asks
+        if len(generated) <= self.window and says_back(self.question, text):
+            return self.asks | self.stops
+        return self.asks if says_back(self.question, _SENTENCE_END.split(text)[-1], 0.0) else frozenset()

@@ -6,6 +6,7 @@ processors built once per model load from one pass over the vocabulary (:class:`
 * :func:`valid_markers`: a citation marker names a given passage (after ``[`` only the digits 1..k);
 * :func:`no_paren_after_marker`: no "（heading）" copied after a marker;
 * ``begin_suppress_tokens``: an answer never starts with a marker;
+* :func:`no_echo`: an answer never just says the question back (:class:`~ragbot.llm.constraints.EchoRule`);
 * a stopping criterion for loops and runs of markers (:func:`~ragbot.llm.base.degenerate`).
 
 Every added or special token of the tokenizer found in message text is broken before the chat template
@@ -216,10 +217,10 @@ class HFChatModel:
         return kw
 
     def _stops(self) -> frozenset[int]:
-        """The ids that end a generation."""
+        """The ids that end a generation, and the special ones that write nothing (skipped when decoding)."""
         ids = self.model.generation_config.eos_token_id
         ids = [ids] if isinstance(ids, int) else list(ids or [])
-        return frozenset(ids + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []))
+        return frozenset(ids + list(self.tokenizer.all_special_ids))
 
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  citable: int = 0, question: str = "") -> str:

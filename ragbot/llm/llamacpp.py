@@ -258,7 +258,7 @@ class LlamaCppChatModel:
         self.llm = None
         self.path: Path | None = None
         self.vocab: MarkerVocab | None = None
-        self._stops: frozenset[int] = frozenset()  # end-of-generation ids
+        self._stops: frozenset[int] = frozenset()  # end-of-generation and control ids
         self._controls = None
         self._lock = threading.Lock()
 
@@ -331,7 +331,7 @@ class LlamaCppChatModel:
 
 
 class _Constraints:
-    """The marker rules as a llama.cpp logits processor: ``(input_ids, scores) -> scores`` per step.
+    """The marker rules and the echo rule as a llama.cpp logits processor: ``(input_ids, scores) -> scores`` per step.
 
     llama.cpp passes the prompt and the tokens generated so far; the first call marks where the prompt ends.
     """
@@ -363,8 +363,8 @@ class _Constraints:
 
 
 def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str], frozenset[int]]:
-    """Every token's text (what it adds to the output), the strings of the control tokens, and the ids that
-    end a generation."""
+    """Every token's text (what it adds to the output), the strings of the control tokens, and the ids that end
+    a generation or write nothing (control tokens): an answer the echo rule keeps going may not end unseen."""
     import ctypes
 
     vocab = llm._model.vocab
@@ -380,6 +380,7 @@ def _vocab_texts(llama_cpp, llm) -> tuple[list[str], set[str], frozenset[int]]:
             controls.add(piece)
         if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
             piece = ""  # a control token writes nothing into an answer
+            stops.add(i)
         if llama_cpp.llama_vocab_is_eog(vocab, i):
             stops.add(i)
         texts.append(piece)

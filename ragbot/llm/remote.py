@@ -107,7 +107,8 @@ class OpenAIChatModel:
 
     def generate(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
                  citable: int = 0, question: str = "") -> str:
-        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable))
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, citable=citable,
+                                   question=question))
 
     def stream(self, messages: list[Message], *, max_new_tokens: int = 256, temperature: float = 0.0,
                citable: int = 0, question: str = "") -> Generator[str, None, str]:

@@ -141,3 +141,16 @@ def test_claims_and_support_spans():
     assert [text[s:e] for s, e in spans][0] == "LoRA 冻结原权重，只训练低秩矩阵。"
     assert support_spans(text, []) == []
     assert support_spans("# LoRA 低秩矩阵\nLoRA 只训练低秩矩阵。", ["LoRA 只训练低秩矩阵"]) == [(12, 25)]  # not the heading
+
+
+def test_says_back_is_a_copy_of_most_of_the_question():
+    from ragbot.citations import says_back
+
+    q = "注意力为什么要除以根号 d？"
+    assert says_back(q, "注意力为什么要除以根号 d？") and says_back(q, "**注意力为什么要除以根号 d** 【1】！")
+    assert says_back(q, "注意力为什么要除以根号d [1][2]\n")
+    assert not says_back(q, "注意力为什么要除以根号 d：防止方差过大 [1]。")  # it goes on
+    assert not says_back(q, "除以根号 d [1]。")  # under half of the question
+    assert says_back(q, "除以根号 d", min_share=0.0) and not says_back(q, "根号 d", min_share=0.0)  # 4+ characters
+    assert not says_back("Adam 和 SGD 哪个更常用？", "Adam [1]。")
+    assert not says_back("", "") and not says_back("？", "？")

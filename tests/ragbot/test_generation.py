@@ -105,6 +105,15 @@ def test_citation_only_output_is_treated_as_refusal():
     assert finalize("q", "[1]", passages(2)).refused
 
 
+def test_a_reply_that_only_says_the_question_back_is_refused():
+    # what a server's model may still do (the in-process backends' decoding rules prevent it)
+    answer = Generator(FakeChatModel("**注意力为什么要除以根号 d** [1]。")).run("注意力为什么要除以根号 d？", passages(2))
+    assert answer.refused and answer.text == REFUSAL and answer.refused_by == "echo"
+    assert answer.raw_text == "**注意力为什么要除以根号 d** [1]。"
+    short = Generator(FakeChatModel("Adam [1]。")).run("Adam 和 SGD 哪个更常用？", passages(2))
+    assert not short.refused and short.text == "Adam [1]。"  # one word of the question is an answer
+
+
 def test_generator_asks_for_valid_markers_only_when_grounded():
     chat = FakeChatModel("答案 [1]。")
     Generator(chat).run("问题", passages(2))

@@ -116,6 +116,33 @@ def test_no_echo_bans_asking_and_ending_while_the_answer_copies_the_question():
     assert torch.isfinite(out[1]).all()
 
 
+def test_generation_gets_the_echo_rule_when_given_the_question():
+    import types
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ragbot.llm.hf import HFChatModel, marker_token_ids
+
+    class Tok(_DigitTokenizer):
+        VOCAB = _DigitTokenizer.VOCAB + ["为什么", "要", "除", "？", "<|im_end|>", "<|endoftext|>"]
+        pad_token_id = eos_token_id = len(VOCAB) - 1
+        all_special_ids = [len(VOCAB) - 2, len(VOCAB) - 1]
+
+    chat = HFChatModel("x", None)
+    chat.tokenizer = tok = Tok()
+    chat.vocab = marker_token_ids(tok)
+    chat.model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=len(tok.VOCAB) - 2))
+    ids = {t: i for i, t in enumerate(tok.VOCAB)}
+    row = torch.tensor([[0, ids["为什么"], ids["要"], ids["除"]]])
+    processors = chat._gen_kwargs(64, 0.0, 3, prompt_len=1, question="为什么要除？")["logits_processor"]
+    scores = torch.zeros(1, len(tok.VOCAB))
+    for p in processors:
+        scores = p(row, scores)
+    assert {tok.VOCAB[i] for i in torch.isinf(scores[0]).nonzero().flatten().tolist()} == {
+        "？", "<|im_end|>", "<|endoftext|>"}
+    assert "logits_processor" not in chat._gen_kwargs(64, 0.0, 0, prompt_len=1)  # no question, no rule
+
+
 class _ChatMLTokenizer:
     """A tokenizer's added vocabulary and a ChatML template, as text (``tokenize=False``)."""
 

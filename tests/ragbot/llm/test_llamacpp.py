@@ -59,7 +59,71 @@ def test_the_echo_rule_in_the_llamacpp_processor():
     assert set(np.isinf(out).nonzero()[0].tolist()) == {ids["？"], stop}
     out = proc(np.array([0, 0] + [ids[c] for c in "答为什么"] + [ids["。"]], dtype=np.intc),
                np.zeros(len(texts), dtype=np.float32))
-    assert np.isfinite(out).all()
+    assert set(np.isinf(out).nonzero()[0].tolist()) == {ids["？"], stop}  # "。" does not make it an answer
+    out = proc(np.array([0, 0] + [ids[c] for c in "答为什么"] + [ids["X"]], dtype=np.intc),
+               np.zeros(len(texts), dtype=np.float32))
+    assert np.isfinite(out).all()  # it says something
+
+
+class _FakeLlama:
+    """llama-cpp-python's ``Llama`` as ``stream`` uses it: it runs the logits processor once after the prompt
+    ``[0, 0]`` and once after the scripted reply, records what the processor banned there, and streams the reply."""
+
+    def __init__(self, texts: list[str], reply: str) -> None:
+        self.texts, self.reply, self.banned = texts, reply, None
+
+    def detokenize(self, ids):
+        return "".join(self.texts[i] for i in ids).encode()
+
+    def create_chat_completion(self, messages, *, logits_processor, **kwargs):
+        return self._chunks(logits_processor)
+
+    def _chunks(self, logits_processor):
+        ids = {t: i for i, t in enumerate(self.texts)}
+        processor = logits_processor[0]
+        processor(np.array([0, 0], dtype=np.intc), np.zeros(len(self.texts), dtype=np.float32))
+        out = processor(np.array([0, 0] + [ids[c] for c in self.reply], dtype=np.intc),
+                        np.zeros(len(self.texts), dtype=np.float32))
+        self.banned = {self.texts[i] or "<stop>" for i in np.isinf(out).nonzero()[0]}
+        yield {"choices": [{"delta": {"content": self.reply}, "finish_reason": "stop"}]}
+
+
+def test_stream_gives_the_question_to_the_echo_rule():
+    from ragbot.llm.base import control_pattern
+    from ragbot.llm.llamacpp import LlamaCppChatModel
+
+    texts = VOCAB + ["为", "什", "么", "？", ""]
+    model = LlamaCppChatModel("bundle", Path("."))
+    model.llm = _FakeLlama(texts, "答为什么")
+    model.vocab, model._stops, model._controls = MarkerVocab.from_texts(texts), frozenset({len(texts) - 1}), control_pattern(())
+    messages = [{"role": "user", "content": "问题：答为什么？"}]
+    assert "".join(model.stream(messages, question="答为什么？")) == "答为什么"
+    assert model.llm.banned == {"？", "<stop>"}
+    "".join(model.stream(messages))
+    assert model.llm.banned == set()  # no question, no rule
+
+
+def test_the_vocabulary_pass_collects_the_ids_that_end_or_write_nothing():
+    import types
+
+    from ragbot.llm.llamacpp import _vocab_texts
+
+    pieces = [b"<|im_end|>", b"<|im_start|>", b"\xe7\xad\x94", b"<tool>", b"x"]
+    control, user = 1, 2
+    attrs = [control, control, 0, user, 0]
+
+    def to_piece(vocab, i, buf, size, lstrip, special):
+        buf.raw = pieces[i] + bytes(size - len(pieces[i]))
+        return len(pieces[i])
+
+    llama_cpp = types.SimpleNamespace(
+        llama_token_to_piece=to_piece, llama_vocab_get_attr=lambda vocab, i: attrs[i],
+        llama_vocab_is_eog=lambda vocab, i: i in (0, 4), LLAMA_TOKEN_ATTR_CONTROL=control,
+        LLAMA_TOKEN_ATTR_USER_DEFINED=user)
+    llm = types.SimpleNamespace(_model=types.SimpleNamespace(vocab=None), n_vocab=lambda: len(pieces))
+    texts, controls, stops = _vocab_texts(llama_cpp, llm)
+    assert texts == ["", "", "答", "<tool>", "x"] and controls == {"<|im_end|>", "<|im_start|>", "<tool>"}
+    assert stops == {0, 1, 4}  # the end-of-generation ids and the control tokens
 
 
 def _tiny_base_gguf(path: Path) -> Path:
