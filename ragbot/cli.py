@@ -76,6 +76,8 @@ def _render(stream, out) -> None:
     if answer.refused:
         if answer.refused_by.startswith("gate:"):
             out.write(f"（知识库中没有出现：{answer.refused_by[5:].strip()}）\n")
+        elif answer.refused_by == "echo":
+            out.write("（模型只重复了问题，没有回答；可以换个问法再问）\n")
     elif answer.citations:
         out.write("\n来源：\n")
         for c in answer.citations:

@@ -84,6 +84,8 @@ def render_refusal(answer: Answer) -> None:
     reason = ""
     if answer.refused_by.startswith("gate:"):
         reason = f"知识库中没有出现 **{md_escape(answer.refused_by[5:].strip())}**。"
+    elif answer.refused_by == "echo":
+        reason = "模型只重复了问题，没有回答。"
     st.info(f"**{REFUSAL}**  \n{reason}可以换个问法，或者在“知识库”页上传相关文档后再问。", icon="📭")
 
 

@@ -137,6 +137,9 @@ def test_a_refusal_is_printed_once_with_its_reason():
         cli._render(AnswerStream.of(gate, shown=REFUSAL), out)
         assert out.text.count(REFUSAL) == 1 and "RWKV" in out.text and "来源" not in out.text
     out = _Out(tty=False)
+    cli._render(AnswerStream.of(Answer("为什么？", REFUSAL, True, (), (), refused_by="echo"), shown=REFUSAL), out)
+    assert out.text.count(REFUSAL) == 1 and "只重复了问题" in out.text
+    out = _Out(tty=False)
     cli._render(_stream(REFUSAL + "，但是资料里提到了池化。"), out)
     assert out.text.count(REFUSAL) == 1 and "池化" not in out.text
 
