@@ -22,19 +22,6 @@ class DenseRetriever:
         return [ScoredChunk(c, s, "dense") for c, s in self.store.search_dense(vector[None, :], k)[0]]
 
 
-# Interrogative words and question particles: in the question, never what it is about. A small knowledge base
-# gives them the idf of rare terms, so BM25 ranked a passage headed "为什么用低精度" first for
-# "LoRA 为什么能减少显存占用？" (and the reranker followed it). Only the BM25 query drops them.
-QUESTION_WORDS = frozenset({"为什么", "什么", "怎么", "怎样", "怎么样", "如何", "哪些", "哪个", "哪里", "哪",
-                            "吗", "呢", "么", "是否", "多少"})
-
-
-def query_terms(query: str) -> list[str]:
-    """The BM25 words of a question, less :data:`QUESTION_WORDS` (all of them when nothing else is left)."""
-    words = bm25_tokens(query)
-    return [t for t in words if t not in QUESTION_WORDS] or words
-
-
 class BM25Retriever:
     """Keyword retrieval: catches exact terms (names, numbers, code identifiers) that embeddings blur."""
 
@@ -42,7 +29,7 @@ class BM25Retriever:
         self.store = store
 
     def run(self, query: str, k: int) -> list[ScoredChunk]:
-        return [ScoredChunk(c, s, "bm25") for c, s in self.store.search_bm25(query_terms(query), k)]
+        return [ScoredChunk(c, s, "bm25") for c, s in self.store.search_bm25(bm25_tokens(query), k)]
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[ScoredChunk]], k: int = 60) -> list[ScoredChunk]:

@@ -48,18 +48,6 @@ def test_bm25_tokens_are_jieba_words_without_punctuation():
     assert not any(t in ("（", "，", "！", "的 ") for t in toks)
 
 
-def test_bm25_ignores_the_question_words():
-    emb = FakeEmbedder()
-    s = IndexStore.empty(IndexSpec(emb.name, emb.dim, {}))
-    chunks = [Chunk("why", "d", "为什么用低精度：16 位浮点数让显存占用减半。", "s.md"),
-              Chunk("lora-mem", "d", "LoRA 只训练低秩矩阵，可训练参数少，显存占用也少。", "s.md"),
-              *(Chunk(k, "d", v, "s.md") for k, v in TEXTS.items())]
-    s.add(chunks, emb.embed_documents([c.text for c in chunks]), [bm25_tokens(c.text) for c in chunks])
-    hits = BM25Retriever(s).run("LoRA 为什么能减少显存占用？", 5)
-    assert hits[0].chunk.id == "lora-mem"
-    assert [h.chunk.id for h in BM25Retriever(s).run("为什么？", 5)] == ["why"]  # nothing else to search
-
-
 def test_bm25_finds_exact_terms(store):
     hits = BM25Retriever(store).run("LoRA 训练哪些矩阵？", 3)
     assert hits[0].chunk.id == "lora" and hits[0].stage == "bm25"
