@@ -87,6 +87,9 @@ def cites_nothing(text: str) -> bool:
     return not CITED.sub("", text).strip()
 
 
+_OPEN_MARKER = re.compile(r"[\[【［]\s*\d{0,3}\s*$")  # a marker cut off at the end of a reply
+
+
 def says_back(question: str, answer: str, min_share: float = 0.5) -> bool:
     """Whether ``answer`` only repeats the question: markers aside, its letters and digits occur in a row in the
     question's and make at least ``min_share`` of them (and 4 or more). A short answer that is one word of the
@@ -99,7 +102,7 @@ def says_back(question: str, answer: str, min_share: float = 0.5) -> bool:
     >>> says_back("Adam 和 SGD 哪个更常用？", "Adam [1]。")
     False
     """
-    said, asked = alnum(MARKER.sub("", answer)), alnum(question)
+    said, asked = alnum(_OPEN_MARKER.sub("", MARKER.sub("", answer))), alnum(question)
     return len(said) >= max(4, min_share * len(asked)) and said in asked
 
 

@@ -154,3 +154,4 @@ def test_says_back_is_a_copy_of_most_of_the_question():
     assert says_back(q, "除以根号 d", min_share=0.0) and not says_back(q, "根号 d", min_share=0.0)  # 4+ characters
     assert not says_back("Adam 和 SGD 哪个更常用？", "Adam [1]。")
     assert not says_back("", "") and not says_back("？", "？")
+    assert says_back("正弦余弦位置编码公式是什么？", "正弦余弦位置编码公式是 [3]。[3]。[3")  # a marker cut off
