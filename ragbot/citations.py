@@ -33,7 +33,7 @@ OPEN, CLOSE = "[【［", "]】］"  # brackets a marker may use: ASCII, Chinese 
 MARKER = re.compile(r"[\[【［]\s*(?:资料|来源|passage\s*)?\s*(\d{1,3}(?:\s*(?:[,，、;；]|-|–|~)\s*\d{1,3})*)\s*[\]】］]")
 CITED = re.compile(r"\[(\d+)\]")  # a marker after cleaning
 _LEAD_MARKER = re.compile(r"([ \t]*)(" + MARKER.pattern + ")")
-_BOUNDARY = re.compile(r"[。！？；!?\n]")
+BOUNDARY = re.compile(r"[。！？；!?\n]")  # where a sentence (or a line) ends
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _claim_before(text: str, pos: int) -> str:
     previous sentence when the marker follows its full stop (``……。[2]``)."""
     head = re.sub(r"(?:\s*\[\d+\])+\s*$", "", text[:pos])
     head = head.rstrip("。！？；!? ")
-    starts = [m.end() for m in _BOUNDARY.finditer(head)]
+    starts = [m.end() for m in BOUNDARY.finditer(head)]
     return CITED.sub("", head[starts[-1] if starts else 0:])
 
 

@@ -135,6 +135,7 @@ class Generator:
         self.align = align_citations and style == "grounded"
         self.repoint = repoint_citations and style == "grounded"
         self.valid_markers = valid_markers and style == "grounded"
+        self.echo = style == "grounded"  # the reply may not just say the question back
 
     def run(self, question: str, passages: Sequence[ScoredChunk]) -> Answer:
         return self.stream(question, passages).answer
@@ -151,7 +152,7 @@ class Generator:
         first = None
         citable = len(passages) if self.valid_markers else 0
         deltas = self.chat_model.stream(messages, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                        citable=citable, question=question if self.style == "grounded" else "")
+                                        citable=citable, question=question if self.echo else "")
         try:
             while True:
                 try:
@@ -174,7 +175,6 @@ class Generator:
             yield tail
         end = time.perf_counter()
         timings = {"first_token_ms": ((first or end) - t0) * 1000, "generate_ms": (end - t0) * 1000}
-        answer = _answer(question, "".join(raw), filt, passages, timings, align=self.align,
-                         echo=self.style == "grounded")
+        answer = _answer(question, "".join(raw), filt, passages, timings, align=self.align, echo=self.echo)
         return dataclasses.replace(answer, finish_reason=finish) if finish else answer
 

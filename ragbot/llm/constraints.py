@@ -14,11 +14,10 @@ processor (a torch one in :mod:`ragbot.llm.hf`, a numpy one in :mod:`ragbot.llm.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ragbot.citations import CLOSE, OPEN, says_back
+from ragbot.citations import BOUNDARY, CLOSE, OPEN, says_back
 from ragbot.text import alnum, in_code
 
 
@@ -99,9 +98,6 @@ class MarkerRules:
         return self.vocab.paren if last in self.vocab.closing else frozenset()
 
 
-_SENTENCE_END = re.compile(r"[。！？；!?\n]")
-
-
 class EchoRule:
     """No answer that only says the question back.
 
@@ -120,14 +116,15 @@ class EchoRule:
         self.question = question
         self.asks, self.stops, self.decode = vocab.asks, stops, decode
         self.window = 2 * len(question) + 16  # tokens: a copy of the question never takes more
+        self.active = len(alnum(question)) >= 4  # a shorter question has no copy to forbid
 
     def banned(self, generated: Sequence[int]) -> frozenset[int]:
         """Ids that may not come next."""
-        if not generated or len(alnum(self.question)) < 4:
+        if not generated or not self.active:
             return frozenset()
         text = self.decode(list(generated[-self.window:]))
         if in_code(text):
             return frozenset()
         if len(generated) <= self.window and says_back(self.question, text):
             return self.asks | self.stops
-        return self.asks if says_back(self.question, _SENTENCE_END.split(text)[-1], 0.0) else frozenset()
+        return self.asks if says_back(self.question, BOUNDARY.split(text)[-1], 0.0) else frozenset()
