@@ -1,11 +1,13 @@
 """How far could a perfect quote-and-cite answerer go, with the passages a variant retrieved? No model runs.
 
-For every answerable question whose evidence is in a passage the variant gave its LLM, the answer is replaced
-by text taken from that passage, then scored as `ragbot eval` scores answers (ROUGE-L on characters, against
-the reference answer); every other question keeps the variant's own answer and score:
+For every answerable question whose evidence is in a passage the variant gave its LLM (as the prompt showed it),
+the answer is replaced by text quoted from that passage and cited as the fine-tuning targets are
+(``ragbot.finetune.data``: ``quotable``, ``cite``), then scored as `ragbot eval` scores answers (ROUGE-L on
+characters, against the reference answer); every other question keeps the variant's own answer and score:
 
-* ``evidence``: the evidence span itself, quoted and cited;
-* ``sentences``: the passage's sentence(s) holding the evidence (what the fine-tuning targets quote);
+* ``evidence``: the evidence span itself;
+* ``sentences``: the fine-tuning target for that evidence (``quote_answer``: the passage's sentences that hold
+  it, trimmed to the clauses that answer; the evidence span where it finds none);
 * ``closest``: the passage's one sentence closest to the reference (peeks at the reference: a bound, no method).
 
     RAGBOT_HOME=data python bench/answer_ceiling.py data/eval/<run>/records.jsonl [--variant ragbot] [--json]
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -26,36 +27,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ragbot.evaluation.metrics import contains_evidence, rouge_scores  # noqa: E402
-from ragbot.text import sentence_spans, support  # noqa: E402
+from ragbot.finetune.data import cite, cite_parts, quotable, quote_answer  # noqa: E402
+from ragbot.prompt import focus  # noqa: E402
+from ragbot.text import sentence_spans  # noqa: E402
 
-_MARKUP = re.compile(r"[`*#>]")
 
-
-def ceilings(records: list[dict], top_k: int = 5) -> dict[str, float]:
-    """Mean ROUGE-L (char) of the variant's answers, and of each replacement above."""
+def ceilings(records: list[dict], top_k: int = 5, max_passage_chars: int = 300) -> dict[str, float]:
+    """Mean ROUGE-L (char) of the variant's answers, and of each replacement above. Passages are taken as the
+    prompt showed them (focused on the question); quotes are made and cited as the fine-tuning targets are."""
     scores: dict[str, list[float]] = {"answers": [], "evidence": [], "sentences": [], "closest": []}
     replaced = 0
     for r in records:
         own = r["rouge"]["rougeL_char"]
         scores["answers"].append(own)
-        given = r["hits"][:top_k]
-        passage = next((h for h in given if contains_evidence(h["text"], r["evidence"])), None) if r["evidence"] else None
-        if passage is None:
+        shown = [focus(h["text"], r["question"], max_passage_chars) for h in r["hits"][:top_k]]
+        at = next((n for n, text in enumerate(shown, 1) if contains_evidence(text, r["evidence"])),
+                  None) if r["evidence"] else None
+        if at is None:
             for key in ("evidence", "sentences", "closest"):
                 scores[key].append(own)
             continue
         replaced += 1
-        text = _MARKUP.sub("", passage["text"])
-        evidence = _MARKUP.sub("", r["evidence"])
-        sentences = [text[s:e].strip() for s, e in sentence_spans(text)] or [text]
-        holding = [s for s in sentences if support(s, evidence) > 0.5 or support(evidence, s) > 0.5] or sentences[:1]
+        passage = shown[at - 1]
 
         def score(answer: str) -> float:
-            return rouge_scores(r["reference"], answer + " [1]")["rougeL_char"]
+            return rouge_scores(r["reference"], answer)["rougeL_char"]
 
+        evidence = cite(quotable(r["evidence"]), at)
+        quotes = quote_answer(passage, r["evidence"], r["question"])
         scores["evidence"].append(score(evidence))
-        scores["sentences"].append(score("".join(holding)))
-        scores["closest"].append(max(score(s) for s in sentences))
+        scores["sentences"].append(score(cite_parts([(q, at) for q in quotes]) if quotes else evidence))
+        scores["closest"].append(max(score(cite(quotable(passage[s:e]), at)) for s, e in sentence_spans(passage)))
     out = {k: round(statistics.mean(v), 4) for k, v in scores.items()}
     out["questions"], out["replaced"] = len(records), replaced
     return out
@@ -66,6 +68,7 @@ def main() -> int:
     ap.add_argument("records", type=Path, help="records.jsonl of a `ragbot eval` run")
     ap.add_argument("--variant", default="ragbot")
     ap.add_argument("--top-k", type=int, default=5, help="passages the LLM was given (the run's top_k)")
+    ap.add_argument("--max-passage-chars", type=int, default=300, help="the run's max_passage_chars")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     records = [r for r in map(json.loads, args.records.read_text(encoding="utf-8").splitlines())
@@ -73,7 +76,7 @@ def main() -> int:
     if not records:
         print(f"no records of variant {args.variant!r} in {args.records}", file=sys.stderr)
         return 2
-    result = ceilings(records, args.top_k)
+    result = ceilings(records, args.top_k, args.max_passage_chars)
     if args.json:
         print(json.dumps(result))
     else:
